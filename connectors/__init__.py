@@ -1,0 +1,1 @@
+"""Sources: each turns changes in an external system into ``ChangeEvent`` s."""

@@ -1,0 +1,147 @@
+"""Deterministic, token-aware chunking with content-defined boundaries.
+
+A chunk is a span of the normalized text measured in the model's own tokens. Boundaries
+fall on paragraph (then sentence, then token) edges and are chosen from local content:
+a chunk may close after a paragraph whose hash marks it as an anchor. Greedy packing
+alone would shift every later boundary when one early paragraph grows; anchors make the
+boundaries re-synchronise right after an edit, so a local edit re-encodes only the chunks
+around it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipeline.hashing import sha256_hex
+
+Span = tuple[int, int]
+
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n")
+
+
+class Tokenizer(Protocol):
+    """Character spans of the tokens of ``text``, in order, without special tokens."""
+
+    def offsets(self, text: str) -> list[Span]: ...
+
+
+@dataclass(frozen=True)
+class Chunk:
+    ordinal: int
+    start: int
+    end: int
+    text: str
+    hash: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class ChunkerConfig:
+    max_tokens: int = 200
+    overlap_tokens: int = 24
+
+    def __post_init__(self) -> None:
+        if self.overlap_tokens * 2 > self.max_tokens:
+            msg = "chunking.overlap_tokens must be at most half of chunking.max_tokens"
+            raise ValueError(msg)
+
+    @property
+    def body_tokens(self) -> int:
+        return self.max_tokens - self.overlap_tokens
+
+
+class Chunker:
+    """Splits normalized text into :class:`Chunk` s; pure given its tokenizer."""
+
+    def __init__(self, tokenizer: Tokenizer, config: ChunkerConfig) -> None:
+        self._tokenizer = tokenizer
+        self._config = config
+
+    def chunk(self, text: str) -> list[Chunk]:
+        tokens = [span for span in self._tokenizer.offsets(text) if span[1] > span[0]]
+        if not tokens:
+            return []
+        starts = [s for s, _ in tokens]
+        units = list(_units(text, tokens, starts, self._config.body_tokens))
+        groups = _pack(units, self._config.body_tokens)
+        return [
+            self._make_chunk(text, tokens, ordinal, first, last)
+            for ordinal, (first, last) in enumerate(groups)
+        ]
+
+    def _make_chunk(self, text: str, tokens: Sequence[Span], ordinal: int, first: int, last: int) -> Chunk:
+        start_token = max(0, first - self._config.overlap_tokens) if ordinal else first
+        start, end = tokens[start_token][0], tokens[last - 1][1]
+        body = text[start:end]
+        return Chunk(ordinal, start, end, body, sha256_hex(body), last - start_token)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """A run of whole tokens ``[first, last)`` that should not be split further."""
+
+    first: int
+    last: int
+    anchor: bool
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first
+
+
+def _token_range(starts: Sequence[int], span: Span) -> tuple[int, int]:
+    return bisect.bisect_left(starts, span[0]), bisect.bisect_left(starts, span[1])
+
+
+def _split(text: str, span: Span, pattern: re.Pattern[str]) -> Iterator[Span]:
+    begin = span[0]
+    for match in pattern.finditer(text, span[0], span[1]):
+        yield begin, match.start()
+        begin = match.end()
+    yield begin, span[1]
+
+
+def _units(text: str, tokens: Sequence[Span], starts: Sequence[int], limit: int) -> Iterator[_Unit]:
+    """Paragraphs, split into sentences and then token windows only when too long."""
+    for paragraph in _split(text, (0, len(text)), _PARAGRAPH_BREAK):
+        first, last = _token_range(starts, paragraph)
+        if last - first <= limit:
+            if last > first:
+                yield _Unit(first, last, _is_anchor(text, paragraph))
+            continue
+        for sentence in _split(text, paragraph, _SENTENCE_END):
+            s_first, s_last = _token_range(starts, sentence)
+            for w_first in range(s_first, s_last, limit):
+                w_last = min(w_first + limit, s_last)
+                window = (tokens[w_first][0], tokens[w_last - 1][1])
+                yield _Unit(w_first, w_last, _is_anchor(text, window))
+
+
+def _is_anchor(text: str, span: Span) -> bool:
+    # One unit in two, chosen by content, can end a chunk early: stable under edits elsewhere.
+    return hashlib.sha256(text[span[0] : span[1]].encode("utf-8")).digest()[0] & 1 == 0
+
+
+def _pack(units: Sequence[_Unit], limit: int) -> list[tuple[int, int]]:
+    """Group consecutive units into chunks of at most ``limit`` tokens."""
+    minimum = limit // 3
+    groups: list[tuple[int, int]] = []
+    first: int | None = None
+    last = 0
+    for index, unit in enumerate(units):
+        if first is None:
+            first = unit.first
+        last = unit.last
+        size = last - first
+        following = units[index + 1] if index + 1 < len(units) else None
+        full = following is None or size + following.size > limit
+        if full or (unit.anchor and size >= minimum):
+            groups.append((first, last))
+            first = None
+    return groups

@@ -1,0 +1,368 @@
+"""The ``embedstream`` command: each command builds settings and calls the library.
+
+Logging is configured here and nowhere else. Exit codes are the named constants below.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from pipeline import logs
+from pipeline.embedded import EmbeddedPipeline
+from pipeline.errors import EmbedstreamError, FatalError, RetryableError, StoreLocked
+from pipeline.settings import Settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_STORE_LOCKED = 4
+EXIT_UNAVAILABLE = 5
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("embedstream")
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Keep a Qdrant vector index in step with your documents: chunk, deduplicate, embed, upsert.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file.", envvar="EMBEDSTREAM_CONFIG", show_envvar=True),
+]
+StateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where the embedded store, cache and checkpoints live.", envvar="EMBEDSTREAM_STATE_DIR"
+    ),
+]
+IndexOpt = Annotated[
+    str | None, typer.Option("--index", help="Index (alias) name.", envvar="EMBEDSTREAM_INDEX__NAME")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(help="Model directory, or all-MiniLM-L6-v2 (bundled).", envvar="EMBEDSTREAM_MODEL__NAME"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+
+
+def load_settings(
+    config: Path | None, state_dir: Path | None, index: str | None, model: str | None
+) -> Settings:
+    overrides: dict[str, Any] = {"state_dir": state_dir}
+    settings = Settings.load(config, **overrides)
+    updates: dict[str, Any] = {}
+    if index:
+        updates["index"] = settings.index.model_copy(update={"name": index})
+    if model:
+        updates["model"] = settings.model.model_copy(update={"name": model})
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def run(action: Callable[[], T]) -> T:
+    """Map the error tree to messages and exit codes, in one place."""
+    try:
+        return action()
+    except StoreLocked as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_STORE_LOCKED) from exc
+    except FatalError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from exc
+    except RetryableError as exc:
+        err.print(f"[red]unavailable:[/] {exc}")
+        raise typer.Exit(EXIT_UNAVAILABLE) from exc
+    except EmbedstreamError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_FAILURE) from exc
+    except KeyboardInterrupt as exc:
+        err.print("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from exc
+
+
+@app.callback()
+def main_callback(
+    log_level: Annotated[
+        str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.", envvar="EMBEDSTREAM_LOG_LEVEL")
+    ] = "WARNING",
+) -> None:
+    logs.configure(log_level.upper())
+
+
+@app.command()
+def index(
+    path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
+    source: Annotated[str, typer.Option(help="Source name: doc keys are SOURCE/relative-path.")] = "fs",
+    include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Glob to exclude (repeatable).")] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Index PATH once: new, changed and deleted files; unchanged text is never re-encoded."""
+
+    def action() -> None:
+        from pipeline.indexer import index_directory
+
+        settings = load_settings(config, state_dir, index_name, model)
+        with EmbeddedPipeline(settings) as pipeline, _progress(enabled=not as_json) as progress:
+            summary = index_directory(
+                pipeline, path, _source(path, source, include, exclude, settings), progress
+            )
+        if as_json:
+            out.print_json(json.dumps(summary.as_json()))
+            return
+        docs = summary.as_json()["docs"]
+        out.print(
+            f"[bold]indexed[/] {path} in {summary.seconds:.1f}s  docs: "
+            + ", ".join(f"{v} {k}" for k, v in docs.items())
+            + f"  chunks: {summary.encoded} encoded, {summary.reused} reused"
+        )
+        if summary.skipped:
+            out.print("skipped files: " + ", ".join(f"{n} {r}" for r, n in summary.skipped.items()))
+        for letter in summary.dead_letters:
+            out.print(f"[yellow]dead-lettered[/] {letter['key']}: {letter.get('error.message')}")
+
+    run(action)
+
+
+@app.command()
+def watch(
+    path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
+    interval: Annotated[float, typer.Option(help="Seconds between rescans.")] = 1.0,
+    source: Annotated[str, typer.Option(help="Source name: doc keys are SOURCE/relative-path.")] = "fs",
+    include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Glob to exclude (repeatable).")] = None,
+    http: Annotated[
+        str | None, typer.Option(help="host:port for /metrics, /search.", envvar="EMBEDSTREAM_HTTP__ADDR")
+    ] = None,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Keep following PATH until Ctrl-C; answers `embedstream search` from other terminals."""
+
+    def action() -> None:
+        from pipeline.indexer import IndexSummary, watch_directory
+        from pipeline.metrics import PrometheusObserver
+        from pipeline.watching import serve_pipeline
+
+        settings = load_settings(config, state_dir, index_name, model)
+        registry = CollectorRegistry()
+        observer = PrometheusObserver(registry, settings.index.name)
+        stop = threading.Event()
+        with (
+            EmbeddedPipeline(settings, observer=observer) as pipeline,
+            serve_pipeline(pipeline, registry, http or settings.http.addr) as url,
+            _stop_on_signals(stop),
+        ):
+            err.print(f"watching {path} (every {interval}s); queries served at {url}; Ctrl-C to stop")
+
+            def report(summary: IndexSummary) -> None:
+                docs = summary.as_json()["docs"]
+                err.print(
+                    "updated: "
+                    + ", ".join(f"{v} {k}" for k, v in docs.items() if v)
+                    + f"; {summary.encoded} chunks encoded"
+                )
+
+            src = _source(path, source, include, exclude, settings)
+            watch_directory(pipeline, path, src, stop, interval, report)
+        err.print("stopped cleanly")
+
+    run(action)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
+    k: Annotated[int, typer.Option("-k", "--limit", help="How many documents.", min=1)] = 10,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", help="key=value on metadata, e.g. ext=.md (repeatable).")
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Ranked documents for QUERY: best chunk per document, with score and snippet."""
+
+    def action() -> list[dict[str, Any]]:
+        from pipeline.watching import remote_search
+
+        settings = load_settings(config, state_dir, index_name, model)
+        filters = _parse_filters(filter_ or [])
+        remote = remote_search(settings.state_dir, query, k, filters)
+        if remote is not None:
+            return remote
+        with EmbeddedPipeline(settings) as pipeline:
+            return [r.as_json() for r in pipeline.search(query, k, filters)]
+
+    results = run(action)
+    if as_json:
+        out.print_json(json.dumps(results))
+        return
+    if not results:
+        out.print("no results (is anything indexed? try `embedstream status`)")
+    for rank, result in enumerate(results, 1):
+        snippet = " ".join(str(result["text"]).split())[:200]
+        out.print(f"[bold]{rank}. {result['doc_id']}[/]  [dim]score {result['score']:.3f}[/]\n   {snippet}")
+
+
+@app.command()
+def status(
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+) -> None:
+    """Collections of the index, which one the alias serves, document and point counts."""
+
+    def action() -> dict[str, Any]:
+        from pipeline.watching import remote_status
+
+        settings = load_settings(config, state_dir, index_name, None)
+        remote = remote_status(settings.state_dir)
+        if remote is not None:
+            return remote
+        from pipeline.components import open_store
+        from pipeline.embedded import index_status
+
+        store = open_store(settings)
+        try:
+            return index_status(store, settings.index.name)
+        finally:
+            store.close()
+
+    result = run(action)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    table = Table(title=f"index {result['alias']!r} → {result['live'] or '(no live version)'}")
+    for column in ("collection", "live", "model", "dims", "datatype", "quantization", "documents", "points"):
+        table.add_column(column)
+    for version in result["versions"]:
+        table.add_row(
+            *(
+                str(version[c])
+                for c in (
+                    "collection",
+                    "live",
+                    "model",
+                    "dims",
+                    "datatype",
+                    "quantization",
+                    "documents",
+                    "points",
+                )
+            )
+        )
+    out.print(table)
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
+    """Print the effective configuration (flags > env > TOML > defaults), secrets masked."""
+    settings = run(lambda: load_settings(config, state_dir, None, None))
+    sys.stdout.write(settings.masked_json() + "\n")
+
+
+def _source(
+    path: Path, name: str, include: list[str] | None, exclude: list[str] | None, settings: Settings
+) -> Any:
+    from connectors.filesystem import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FilesystemSource
+
+    return FilesystemSource(
+        path,
+        source=name,
+        include=include or DEFAULT_INCLUDE,
+        exclude=[*DEFAULT_EXCLUDE, *(exclude or [])],
+        max_bytes=settings.limits.max_doc_bytes,
+    )
+
+
+def _parse_filters(raw: list[str]) -> dict[str, str]:
+    filters = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--filter expects key=value, got {item!r}")
+        filters[key] = value
+    return filters
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int | None], None] | None]:
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        TextColumn("{task.fields[rate]} docs/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("index", total=None, rate="-")
+
+        def update(done: int, total: int | None) -> None:
+            elapsed = bar.tasks[0].elapsed or 0.0
+            rate = f"{done / elapsed:.1f}" if elapsed > 0 else "-"
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        yield update
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop``: the pass in progress finishes, then we exit."""
+
+    def handler(signum: int, _frame: object) -> None:
+        err.print(f"received {signal.Signals(signum).name}, finishing the current pass…")
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def main() -> None:
+    # Models are never downloaded at run time: make any accidental hub access fail fast.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()

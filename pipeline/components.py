@@ -1,0 +1,42 @@
+"""Builders that turn settings into adapters; shared by the embedded runner and daemons."""
+
+from __future__ import annotations
+
+from pipeline.cache import SqliteEmbeddingCache
+from pipeline.chunking import Chunker, ChunkerConfig
+from pipeline.encoder import Encoder, SentenceTransformerEncoder
+from pipeline.errors import ConfigError
+from pipeline.settings import Settings
+from pipeline.store import VectorStore
+
+
+def open_store(settings: Settings) -> VectorStore:
+    if settings.store.url:
+        from pipeline.store.server import ServerStore
+
+        key = settings.store.api_key.get_secret_value() if settings.store.api_key else None
+        return ServerStore(settings.store.url, key, settings.store.timeout_s)
+    from pipeline.store.edge import EdgeStore
+
+    return EdgeStore(settings.qdrant_dir)
+
+
+def make_encoder(settings: Settings) -> Encoder:
+    return SentenceTransformerEncoder(settings.model)
+
+
+def make_chunker(encoder: Encoder, settings: Settings) -> Chunker:
+    # Two positions go to the model's special tokens ([CLS], [SEP]).
+    room = encoder.max_tokens - 2
+    if settings.chunking.max_tokens > room:
+        msg = f"chunking.max_tokens={settings.chunking.max_tokens} exceeds what the model reads ({room})"
+        raise ConfigError(msg)
+    try:
+        config = ChunkerConfig(settings.chunking.max_tokens, settings.chunking.overlap_tokens)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return Chunker(encoder, config)
+
+
+def open_cache(settings: Settings) -> SqliteEmbeddingCache:
+    return SqliteEmbeddingCache(settings.cache_path)

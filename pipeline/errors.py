@@ -1,0 +1,87 @@
+"""One exception tree for embedstream; the type decides retry, dead-letter or crash.
+
+::
+
+    EmbedstreamError
+    ├── RetryableError            transient: retry with backoff, do not commit
+    │   ├── BusUnavailable        broker down, produce/commit timed out
+    │   └── StoreUnavailable      Qdrant down or timing out
+    ├── PoisonError               this event can never succeed: dead-letter it, move on
+    │   ├── InvalidEvent          bad JSON, schema violation, unknown schema_version
+    │   ├── DocumentTooLarge      text over ``limits.max_doc_bytes`` / chunk cap
+    │   ├── EmptyDocument         nothing left after normalization
+    │   └── InvalidVectors        NaN/inf or wrong dimension from the encoder
+    └── FatalError                the process cannot go on: exit with a clear message
+        ├── ConfigError           settings that contradict each other or the model
+        ├── StoreLocked           another process owns the embedded store
+        └── ModelNotAvailable     model not found offline
+
+Adapters translate library exceptions into these at the boundary (``raise ... from exc``)
+so the stage loops never import kafka, qdrant or torch exception types.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class EmbedstreamError(Exception):
+    """Root of every error embedstream raises on purpose."""
+
+    retryable: ClassVar[bool] = False
+    reason: ClassVar[str] = "error"
+
+
+class RetryableError(EmbedstreamError):
+    """A transient fault: the same call may succeed later."""
+
+    retryable = True
+    reason = "transient"
+
+
+class BusUnavailable(RetryableError):
+    reason = "bus_unavailable"
+
+
+class StoreUnavailable(RetryableError):
+    reason = "store_unavailable"
+
+
+class PoisonError(EmbedstreamError):
+    """This event can never be processed; it belongs in the dead-letter queue."""
+
+    reason = "poison"
+
+
+class InvalidEvent(PoisonError):
+    reason = "invalid_event"
+
+
+class DocumentTooLarge(PoisonError):
+    reason = "too_large"
+
+
+class EmptyDocument(PoisonError):
+    reason = "empty_text"
+
+
+class InvalidVectors(PoisonError):
+    reason = "invalid_vectors"
+
+
+class FatalError(EmbedstreamError):
+    """The process cannot continue; the message tells the operator what to do."""
+
+    reason = "fatal"
+
+
+class ConfigError(FatalError):
+    reason = "config"
+
+
+class StoreLocked(FatalError):
+    reason = "store_locked"
+
+
+class ModelNotAvailable(FatalError):
+    reason = "model_not_available"

@@ -1,0 +1,140 @@
+"""Index versions and per-document bookkeeping, expressed over the ``VectorStore`` port.
+
+An index version is collection ``<name>__v<N>`` plus a companion ``<name>__v<N>__docs``
+that records, per document, the version and chunk point ids the index reflects (and a
+tombstone after a deletion), and the version's own spec. Keeping this in Qdrant itself,
+not beside it, means whatever store holds the points also holds the truth about them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.events import Matrix
+from pipeline.hashing import doc_state_id
+from pipeline.planner import DocState
+from pipeline.settings import IndexSettings
+from pipeline.store import CollectionSpec, PointWrite, VectorStore
+
+_SPEC_KEY = "__spec__"
+_UNIT = (1.0,)  # the docs collection needs a vector; it is never searched
+
+
+@dataclass(frozen=True)
+class IndexVersion:
+    name: str
+    version: int
+    fingerprint: str
+    full_dims: int
+    dims: int
+    datatype: Literal["float32", "float16"]
+    quantization: Literal["none", "int8", "binary"]
+    oversampling: float
+    rescore: bool
+
+    @property
+    def collection(self) -> str:
+        return f"{self.name}__v{self.version}"
+
+    @property
+    def docs_collection(self) -> str:
+        return f"{self.collection}__docs"
+
+    @property
+    def spec(self) -> CollectionSpec:
+        return CollectionSpec(self.dims, self.datatype, self.quantization)
+
+    def to_storage(self, matrix: Matrix) -> Matrix:
+        """Matryoshka truncation + renormalization; the datatype is Qdrant's to apply."""
+        if matrix.shape[1] == self.dims:
+            return matrix
+        cut = matrix[:, : self.dims]
+        norms = np.linalg.norm(cut, axis=1, keepdims=True)
+        normalized: Matrix = (cut / np.maximum(norms, 1e-12)).astype(np.float32)
+        return normalized
+
+    @classmethod
+    def plan(cls, settings: IndexSettings, version: int, fingerprint: str, full_dims: int) -> IndexVersion:
+        dims = settings.dims or full_dims
+        if dims > full_dims:
+            raise ConfigError(f"index.dims={dims} exceeds the model's {full_dims} dimensions")
+        return cls(
+            settings.name, version, fingerprint, full_dims, dims, settings.datatype,
+            settings.quantization, settings.oversampling, settings.rescore,
+        )  # fmt: skip
+
+
+def create_version(store: VectorStore, version: IndexVersion) -> None:
+    """Create both collections and record the spec; the alias is left alone."""
+    store.create_collection(version.collection, version.spec)
+    store.create_collection(version.docs_collection, CollectionSpec(dims=1))
+    payload = {"key": _SPEC_KEY, "spec": asdict(version)}
+    store.upsert(version.docs_collection, [PointWrite(doc_state_id(_SPEC_KEY), _UNIT, payload)])
+    store.flush()
+
+
+def read_version(store: VectorStore, collection: str) -> IndexVersion | None:
+    docs = f"{collection}__docs"
+    if docs not in store.collections():
+        return None
+    found = store.retrieve(docs, [doc_state_id(_SPEC_KEY)])
+    payload = next(iter(found.values()), None)
+    return IndexVersion(**payload["spec"]) if payload else None
+
+
+def live_version(store: VectorStore, name: str) -> IndexVersion | None:
+    collection = store.get_alias(name)
+    return read_version(store, collection) if collection else None
+
+
+def versions(store: VectorStore, name: str) -> list[IndexVersion]:
+    found = []
+    for collection in store.collections():
+        if collection.startswith(f"{name}__v") and not collection.endswith("__docs"):
+            version = read_version(store, collection)
+            if version is not None:
+                found.append(version)
+    return sorted(found, key=lambda v: v.version)
+
+
+class DocStates:
+    """Read and write :class:`DocState` records of one index version."""
+
+    def __init__(self, store: VectorStore, version: IndexVersion) -> None:
+        self._store = store
+        self._collection = version.docs_collection
+
+    def get(self, keys: Sequence[str]) -> dict[str, DocState]:
+        ids = {doc_state_id(k): k for k in keys}
+        found = self._store.retrieve(self._collection, list(ids))
+        return {ids[i]: _state(p) for i, p in found.items() if i in ids}
+
+    def put(self, states: Mapping[str, DocState]) -> None:
+        points = [
+            PointWrite(doc_state_id(key), _UNIT, {"key": key, "status": _status(s), **asdict(s)})
+            for key, s in states.items()
+        ]
+        self._store.upsert(self._collection, points)
+
+    def live_count(self) -> int:
+        return self._store.count(self._collection, {"status": "live"})
+
+
+def _status(state: DocState) -> str:
+    # A keyword, not a bool: the embedded engine does not match boolean payload values.
+    return "deleted" if state.deleted else "live"
+
+
+def _state(payload: dict[str, Any]) -> DocState:
+    return DocState(
+        version=int(payload["version"]),
+        content_hash=str(payload["content_hash"]),
+        meta_hash=str(payload["meta_hash"]),
+        point_ids=tuple(payload["point_ids"]),
+        deleted=bool(payload["deleted"]),
+    )

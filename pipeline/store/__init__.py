@@ -1,0 +1,75 @@
+"""The ``VectorStore`` port: collections of points, aliases, search.
+
+Adapters: :mod:`pipeline.store.edge` (embedded Qdrant engine on local disk) and
+:mod:`pipeline.store.server` (a Qdrant server through ``qdrant-client``). Only they import
+Qdrant libraries; they translate its errors into :mod:`pipeline.errors` types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+Scalar = str | int | bool
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    dims: int
+    datatype: Literal["float32", "float16"] = "float32"
+    quantization: Literal["none", "int8", "binary"] = "none"
+
+
+@dataclass(frozen=True)
+class PointWrite:
+    id: str
+    vector: Sequence[float]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    limit: int = 10
+    filters: Mapping[str, Scalar] | None = None
+    oversampling: float | None = None
+    rescore: bool | None = None
+
+
+class VectorStore(Protocol):
+    def collections(self) -> list[str]: ...
+
+    def create_collection(self, name: str, spec: CollectionSpec) -> None:
+        """Create ``name`` if missing (idempotent)."""
+
+    def drop_collection(self, name: str) -> None: ...
+
+    def upsert(self, name: str, points: Sequence[PointWrite]) -> None: ...
+
+    def delete(self, name: str, ids: Sequence[str]) -> None: ...
+
+    def retrieve(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Payloads of the ids that exist."""
+
+    def search(self, name: str, vector: Sequence[float], options: SearchOptions) -> list[Hit]: ...
+
+    def count(self, name: str, filters: Mapping[str, Scalar] | None = None) -> int: ...
+
+    def scroll_ids(self, name: str) -> list[str]: ...
+
+    def get_alias(self, alias: str) -> str | None: ...
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point ``alias`` at ``collection`` in one atomic step."""
+
+    def flush(self) -> None:
+        """Make every acknowledged write durable before offsets are committed."""
+
+    def close(self) -> None: ...

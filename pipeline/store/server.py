@@ -1,0 +1,153 @@
+"""Qdrant server (or cluster) through ``qdrant-client``; the scale-out store.
+
+Every write waits for Qdrant's acknowledgement (``wait=True``) so the sink may commit its
+offsets right after. ``location=":memory:"`` runs qdrant-client's local mode, which the
+contract tests use where no server is running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from pipeline.errors import StoreUnavailable
+from pipeline.store import CollectionSpec, Hit, PointWrite, Scalar, SearchOptions
+
+T = TypeVar("T")
+_DATATYPES = {"float32": qm.Datatype.FLOAT32, "float16": qm.Datatype.FLOAT16}
+
+
+class ServerStore:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        location: str | None = None,
+    ) -> None:
+        if location is not None:
+            self._client = QdrantClient(location=location)
+        else:
+            self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
+
+    def collections(self) -> list[str]:
+        result = _call(self._client.get_collections)
+        return sorted(c.name for c in result.collections)
+
+    def create_collection(self, name: str, spec: CollectionSpec) -> None:
+        if _call(self._client.collection_exists, name):
+            return
+        _call(
+            self._client.create_collection,
+            name,
+            vectors_config=qm.VectorParams(
+                size=spec.dims, distance=qm.Distance.COSINE, datatype=_DATATYPES[spec.datatype]
+            ),
+            quantization_config=_quantization(spec),
+        )
+
+    def drop_collection(self, name: str) -> None:
+        _call(self._client.delete_collection, name)
+
+    def upsert(self, name: str, points: Sequence[PointWrite]) -> None:
+        if points:
+            structs = [qm.PointStruct(id=p.id, vector=list(p.vector), payload=p.payload) for p in points]
+            _call(self._client.upsert, name, points=structs, wait=True)
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if ids:
+            selector = qm.PointIdsList(points=list(ids))
+            _call(self._client.delete, name, points_selector=selector, wait=True)
+
+    def retrieve(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        records = _call(self._client.retrieve, name, ids=list(ids), with_payload=True)
+        return {str(r.id): dict(r.payload or {}) for r in records}
+
+    def search(self, name: str, vector: Sequence[float], options: SearchOptions) -> list[Hit]:
+        params = None
+        if options.oversampling is not None or options.rescore is not None:
+            params = qm.SearchParams(
+                quantization=qm.QuantizationSearchParams(
+                    rescore=options.rescore, oversampling=options.oversampling
+                )
+            )
+        response = _call(
+            self._client.query_points,
+            name,
+            query=list(vector),
+            limit=options.limit,
+            query_filter=_filter(options.filters),
+            search_params=params,
+            with_payload=True,
+        )
+        return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def count(self, name: str, filters: Mapping[str, Scalar] | None = None) -> int:
+        return int(_call(self._client.count, name, count_filter=_filter(filters), exact=True).count)
+
+    def scroll_ids(self, name: str) -> list[str]:
+        ids: list[str] = []
+        offset: Any = None
+        while True:
+            records, offset = _call(self._client.scroll, name, limit=1000, offset=offset, with_payload=False)
+            ids.extend(str(r.id) for r in records)
+            if offset is None:
+                return ids
+
+    def get_alias(self, alias: str) -> str | None:
+        for description in _call(self._client.get_aliases).aliases:
+            if description.alias_name == alias:
+                return str(description.collection_name)
+        return None
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        # Delete + create in one request: Qdrant applies the list atomically.
+        operations: list[Any] = []
+        if self.get_alias(alias) is not None:
+            operations.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=alias)))
+        operations.append(
+            qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=collection, alias_name=alias))
+        )
+        _call(self._client.update_collection_aliases, change_aliases_operations=operations)
+
+    def flush(self) -> None:
+        pass  # every write above already waited for the server's acknowledgement
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _filter(filters: Mapping[str, Scalar] | None) -> qm.Filter | None:
+    if not filters:
+        return None
+    conditions: list[Any] = [
+        qm.FieldCondition(key=k, match=qm.MatchValue(value=v)) for k, v in filters.items()
+    ]
+    return qm.Filter(must=conditions)
+
+
+def _quantization(spec: CollectionSpec) -> Any:
+    if spec.quantization == "int8":
+        return qm.ScalarQuantization(
+            scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=0.99, always_ram=True)
+        )
+    if spec.quantization == "binary":
+        return qm.BinaryQuantization(binary=qm.BinaryQuantizationConfig(always_ram=True))
+    return None
+
+
+def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return fn(*args, **kwargs)
+    except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
+        raise StoreUnavailable(f"Qdrant server: {exc}") from exc
+    except UnexpectedResponse as exc:
+        if exc.status_code is not None and exc.status_code >= 500:
+            raise StoreUnavailable(f"Qdrant server: {exc}") from exc
+        raise

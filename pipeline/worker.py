@@ -1,0 +1,124 @@
+"""The thin loop around a stage: poll, handle, produce, commit; retry what is transient.
+
+The one place that decides from an exception's type: retryable errors are retried with
+capped, jittered exponential backoff while nothing is committed and health reports
+degraded; poison never reaches here (stages dead-letter it); anything else is a bug and
+propagates, so the process exits and the batch is redelivered after restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception
+
+from pipeline.bus import Consumer, Producer
+from pipeline.errors import EmbedstreamError
+from pipeline.observe import Observer
+from pipeline.stages import Stage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def backoff_seconds(attempt: int, base: float = 0.2, cap: float = 15.0, jitter: float | None = None) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    ceiling = min(cap, base * 2.0 ** max(0, attempt - 1))
+    fraction = random.random() if jitter is None else jitter  # noqa: S311 -- not crypto
+    return float(ceiling * fraction)
+
+
+def is_retryable(error: BaseException) -> bool:
+    return isinstance(error, EmbedstreamError) and error.retryable
+
+
+@dataclass
+class Health:
+    """What ``/readyz`` reports: ready unless a transient fault is being retried."""
+
+    degraded: str | None = None
+    last_commit: float = 0.0
+    started: float = field(default_factory=time.time)
+
+    @property
+    def ready(self) -> bool:
+        return self.degraded is None
+
+
+class Worker:
+    def __init__(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        stage: Stage,
+        observer: Observer,
+        *,
+        max_records: int = 256,
+        poll_timeout_s: float = 0.2,
+        stop: threading.Event | None = None,
+        health: Health | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._stage = stage
+        self._observer = observer
+        self._max_records = max_records
+        self._poll_timeout_s = poll_timeout_s
+        self.stop = stop or threading.Event()
+        self.health = health or Health()
+
+    def run_batch(self) -> int:
+        """Process one batch end to end; returns how many records it held."""
+        records = self._retry(lambda: self._consumer.poll(self._max_records, self._poll_timeout_s))
+        if not records:
+            return 0
+        out = self._retry(lambda: self._stage.handle(records))
+        if out:
+            self._retry(lambda: self._producer.send(out))
+        self._retry(lambda: self._consumer.commit(records))
+        self.health.last_commit = time.time()
+        self._observer.committed(self._stage.name)
+        return len(records)
+
+    def run(self, on_idle: Callable[[], None] | None = None) -> None:
+        """Run until :attr:`stop` is set; the current batch always finishes first."""
+        while not self.stop.is_set():
+            if self.run_batch() == 0 and on_idle is not None:
+                on_idle()
+
+    def report_lag(self) -> dict[tuple[str, int], int]:
+        lag = self._retry(self._consumer.lag)
+        for (topic, partition), value in lag.items():
+            self._observer.lag(self._stage.name, topic, partition, value)
+        return lag
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        retrying = Retrying(
+            retry=retry_if_exception(is_retryable),
+            wait=lambda state: backoff_seconds(state.attempt_number),
+            stop=lambda _state: self.stop.is_set(),
+            sleep=self._sleep,
+            before_sleep=self._degraded,
+            reraise=True,
+        )
+        result = retrying(call)
+        if self.health.degraded is not None:
+            log.info("%s recovered", self._stage.name)
+            self.health.degraded = None
+        return result
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)  # a stop request cuts a backoff short
+
+    def _degraded(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        kind = error.reason if isinstance(error, EmbedstreamError) else "unknown"
+        self.health.degraded = f"{kind}: {error}"
+        self._observer.error(self._stage.name, kind)
+        log.warning("%s: transient fault, retry %d: %s", self._stage.name, state.attempt_number, error)

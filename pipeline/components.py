@@ -10,6 +10,9 @@ from pipeline.settings import Settings
 from pipeline.store import VectorStore
 
 
+DEFAULT_CHUNK_TOKENS = 200
+
+
 def open_store(settings: Settings) -> VectorStore:
     if settings.store.url:
         from pipeline.store.server import ServerStore
@@ -28,11 +31,12 @@ def make_encoder(settings: Settings) -> Encoder:
 def make_chunker(encoder: Encoder, settings: Settings) -> Chunker:
     # Two positions go to the model's special tokens ([CLS], [SEP]).
     room = encoder.max_tokens - 2
-    if settings.chunking.max_tokens > room:
-        msg = f"chunking.max_tokens={settings.chunking.max_tokens} exceeds what the model reads ({room})"
+    size = settings.chunking.max_tokens or min(DEFAULT_CHUNK_TOKENS, room)
+    if size > room:
+        msg = f"chunking.max_tokens={size} exceeds what the model reads ({room})"
         raise ConfigError(msg)
     try:
-        config = ChunkerConfig(settings.chunking.max_tokens, settings.chunking.overlap_tokens)
+        config = ChunkerConfig(size, settings.chunking.overlap_tokens)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return Chunker(encoder, config)

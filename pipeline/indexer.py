@@ -63,7 +63,9 @@ def index_directory(
     """Scan ``root`` once and bring the index in step with it."""
     started = time.perf_counter()
     before = _snapshot(pipeline)
-    path = checkpoint_path(pipeline.settings.state_dir, source.source, root)
+    # Per index: a second index over the same files must see every file as new.
+    settings = pipeline.settings
+    path = checkpoint_path(settings.state_dir / "indexes" / settings.index.name, source.source, root)
     checkpoint = Checkpoint.load(path)
     report = ScanReport()
     total = source.count_candidates() if progress else None

@@ -38,7 +38,9 @@ class ModelSettings(BaseModel):
 
 
 class ChunkingSettings(BaseModel):
-    max_tokens: int = Field(200, ge=16, description="Chunk size in model tokens")
+    max_tokens: int | None = Field(
+        None, ge=16, description="Chunk size in model tokens (unset: 200, or less if the model reads less)"
+    )
     overlap_tokens: int = Field(24, ge=0, description="Tokens repeated from the previous chunk")
 
 

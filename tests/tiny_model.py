@@ -17,7 +17,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spec
 
 def build_tiny_model(target: Path, seed: int = 0, max_seq_length: int = 128) -> Path:
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
@@ -31,9 +32,9 @@ def build_tiny_model(target: Path, seed: int = 0, max_seq_length: int = 128) -> 
         intermediate_size=64, max_position_embeddings=512,
     )  # fmt: skip
     BertModel(config).save_pretrained(bert_dir)
-    transformer = models.Transformer(str(bert_dir), max_seq_length=max_seq_length)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
-    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    transformer = Transformer(str(bert_dir), max_seq_length=max_seq_length)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
     out = target / "model"
     model.save(str(out))
     return out

@@ -129,19 +129,31 @@ def _is_anchor(text: str, span: Span) -> bool:
 
 
 def _pack(units: Sequence[_Unit], limit: int) -> list[tuple[int, int]]:
-    """Group consecutive units into chunks of at most ``limit`` tokens."""
-    minimum = limit // 3
+    """Group consecutive units into chunks of at most ``limit`` tokens.
+
+    Anchor units end a segment; segments never merge, and only a segment larger than
+    ``limit`` is split (greedily, within itself). So a boundary depends on the content of
+    its own segment alone, and an edit re-chunks at most the segments it touches.
+    """
     groups: list[tuple[int, int]] = []
-    first: int | None = None
-    last = 0
-    for index, unit in enumerate(units):
-        if first is None:
+    segment: list[_Unit] = []
+    for unit in units:
+        segment.append(unit)
+        if unit.anchor:
+            groups.extend(_split_segment(segment, limit))
+            segment = []
+    if segment:
+        groups.extend(_split_segment(segment, limit))
+    return groups
+
+
+def _split_segment(segment: Sequence[_Unit], limit: int) -> list[tuple[int, int]]:
+    groups: list[tuple[int, int]] = []
+    first, last = segment[0].first, segment[0].first
+    for unit in segment:
+        if last > first and unit.last - first > limit:
+            groups.append((first, last))
             first = unit.first
         last = unit.last
-        size = last - first
-        following = units[index + 1] if index + 1 < len(units) else None
-        full = following is None or size + following.size > limit
-        if full or (unit.anchor and size >= minimum):
-            groups.append((first, last))
-            first = None
+    groups.append((first, last))
     return groups

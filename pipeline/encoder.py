@@ -193,6 +193,10 @@ class SentenceTransformerEncoder:
         result[[i for batch in batches for i in batch]] = merged
         return check_vectors(result, len(texts))
 
+    def load(self) -> SentenceTransformer:
+        """The underlying model, loaded on first call (benchmarks share it)."""
+        return self._load()
+
     def _load(self) -> SentenceTransformer:
         with self._lock:
             if self._model is None:

@@ -143,6 +143,7 @@ class VectorsEvent:
             body = raw[8 + size :]
             matrix = np.frombuffer(body, dtype=_WIRE_DTYPES[header["dtype"]]).reshape(rows, dims)
             chunks = tuple(ChunkRef(p, int(o), h, t) for p, o, h, t in header["chunks"])
+            schema_version = header["schema_version"]
             event = cls(
                 source=header["source"],
                 doc_id=header["doc_id"],
@@ -157,6 +158,6 @@ class VectorsEvent:
             )
         except (ValueError, KeyError, TypeError, struct.error) as exc:
             raise InvalidEvent(f"malformed vectors event: {exc}") from exc
-        if header["schema_version"] != SCHEMA_VERSION:
-            raise InvalidEvent(f"unknown vectors schema_version {header['schema_version']}")
+        if schema_version != SCHEMA_VERSION:
+            raise InvalidEvent(f"unknown vectors schema_version {schema_version}")
         return event

@@ -293,6 +293,195 @@ def status(
     out.print(table)
 
 
+topics_app = typer.Typer(
+    help="Kafka topics: create the pipeline's topics (idempotent).", no_args_is_help=True
+)
+dlq_app = typer.Typer(help="Dead-letter queue: inspect and replay poison events.", no_args_is_help=True)
+source_app = typer.Typer(help="Source connectors that publish change events to Kafka.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(source_app, name="source")
+
+VersionOpt = Annotated[int, typer.Option("--version", help="Index version N (collection NAME__vN).", min=1)]
+HttpOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--http", help="host:port for /metrics, /healthz, /readyz.", envvar="EMBEDSTREAM_HTTP__ADDR"
+    ),
+]
+BootstrapOpt = Annotated[
+    str | None,
+    typer.Option("--bootstrap", help="Kafka bootstrap servers.", envvar="EMBEDSTREAM_KAFKA__BOOTSTRAP"),
+]
+
+
+def daemon_settings(
+    config: Path | None, state_dir: Path | None, index: str | None, model: str | None,
+    http: str | None, bootstrap: str | None,
+) -> Settings:  # fmt: skip
+    settings = load_settings(config, state_dir, index, model)
+    updates: dict[str, Any] = {}
+    if http:
+        updates["http"] = settings.http.model_copy(update={"addr": http})
+    if bootstrap:
+        updates["kafka"] = settings.kafka.model_copy(update={"bootstrap": bootstrap})
+    return settings.model_copy(update=updates) if updates else settings
+
+
+def run_daemon(body: Callable[[threading.Event], None]) -> None:
+    """Run a daemon until SIGTERM/SIGINT; the batch in flight finishes and is committed."""
+    stop = threading.Event()
+
+    def action() -> None:
+        with _stop_on_signals(stop):
+            body(stop)
+
+    run(action)
+
+
+@topics_app.command("create")
+def topics_create(
+    version: VersionOpt = 1,
+    config: ConfigOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Create <prefix>.changes, <prefix>.vectors.<index>-v<N> (compacted) and <prefix>.dlq."""
+
+    def action() -> None:
+        from pipeline.bus.kafka import KafkaBus
+        from pipeline.daemons import topic_specs
+
+        settings = daemon_settings(config, None, index_name, None, None, bootstrap)
+        bus = KafkaBus(settings.kafka)
+        try:
+            specs = topic_specs(settings, version)
+            bus.ensure_topics(specs)
+        finally:
+            bus.close()
+        for spec in specs:
+            kind = "compacted" if spec.compacted else "delete"
+            out.print(f"{spec.name}: {spec.partitions} partitions, replication {spec.replication}, {kind}")
+
+    run(action)
+
+
+@source_app.command("fs")
+def source_fs(
+    path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
+    interval: Annotated[float, typer.Option(help="Seconds between rescans.")] = 2.0,
+    source: Annotated[str, typer.Option(help="Source name: doc keys are SOURCE/relative-path.")] = "fs",
+    include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Glob to exclude (repeatable).")] = None,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    http: HttpOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Publish PATH's new, changed and deleted files to <prefix>.changes, forever."""
+    from pipeline.daemons import run_source_fs
+
+    settings = daemon_settings(config, state_dir, None, None, http, bootstrap)
+    src = _source(path, source, include, exclude, settings)
+    run_daemon(lambda stop: run_source_fs(settings, src, stop, interval))
+
+
+@app.command()
+def embed(
+    version: VersionOpt = 1,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    model: ModelOpt = None,
+    http: HttpOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Embedding worker: changes -> vectors. Run one per GPU; they share partitions in a group."""
+    from pipeline.daemons import run_embed
+
+    settings = daemon_settings(config, state_dir, index_name, model, http, bootstrap)
+    run_daemon(lambda stop: run_embed(settings, version, stop))
+
+
+@app.command()
+def sink(
+    version: VersionOpt = 1,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    http: HttpOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Sink worker: vectors -> Qdrant (server via store.url, else the embedded engine, one owner)."""
+    from pipeline.daemons import run_sink
+
+    settings = daemon_settings(config, state_dir, index_name, None, http, bootstrap)
+    run_daemon(lambda stop: run_sink(settings, version, stop))
+
+
+@dlq_app.command("list")
+def dlq_list(
+    limit: Annotated[int, typer.Option(help="At most this many entries.")] = 100,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Show dead-lettered events: key, reason, message, where they came from."""
+
+    def action() -> list[dict[str, str]]:
+        from pipeline.bus.kafka import KafkaBus
+        from pipeline.dlq import read_dead_letters
+        from pipeline.topics import Topics
+
+        settings = daemon_settings(config, None, None, None, None, bootstrap)
+        bus = KafkaBus(settings.kafka, client_id="embedstream-dlq")
+        try:
+            letters = read_dead_letters(bus, Topics(settings.kafka.topic_prefix), limit)
+        finally:
+            bus.close()
+        return [letter.as_json() for letter in letters]
+
+    letters = run(action)
+    if as_json:
+        out.print_json(json.dumps(letters))
+        return
+    if not letters:
+        out.print("the DLQ is empty")
+    for letter in letters:
+        out.print(
+            f"[bold]{letter['key']}[/] {letter['reason']} in {letter['stage']} "
+            f"({letter['original_topic']}[{letter['original_partition']}]@{letter['original_offset']}): "
+            f"{letter['message']}"
+        )
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    reason: Annotated[str | None, typer.Option(help="Only entries with this reason.")] = None,
+    key: Annotated[str | None, typer.Option(help="Only entries for this document key.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be replayed.")] = False,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Re-inject dead-lettered events into their original topic after a fix (each entry once)."""
+
+    def action() -> int:
+        from pipeline.bus.kafka import KafkaBus
+        from pipeline.dlq import replay_dead_letters
+        from pipeline.topics import Topics
+
+        settings = daemon_settings(config, None, None, None, None, bootstrap)
+        bus = KafkaBus(settings.kafka, client_id="embedstream-dlq")
+        try:
+            topics = Topics(settings.kafka.topic_prefix)
+            return replay_dead_letters(bus, topics, reason=reason, key=key, dry_run=dry_run)
+        finally:
+            bus.close()
+
+    count = run(action)
+    out.print(f"{'would replay' if dry_run else 'replayed'} {count} events")
+
+
 @app.command("config")
 def show_config(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     """Print the effective configuration (flags > env > TOML > defaults), secrets masked."""
@@ -365,6 +554,10 @@ def main() -> None:  # the console script
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if crash_at := os.environ.get("EMBEDSTREAM_CRASH_AT"):  # fault-injection tests only
+        from pipeline import faults
+
+        faults.arm(crash_at)
     app()
 
 

@@ -9,7 +9,6 @@ from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from pipeline.store import VectorStore
 
-
 DEFAULT_CHUNK_TOKENS = 200
 
 

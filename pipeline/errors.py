@@ -3,6 +3,7 @@
 ::
 
     EmbedstreamError
+    ├── CommitLost                batch done but its partitions moved: skip the commit
     ├── RetryableError            transient: retry with backoff, do not commit
     │   ├── BusUnavailable        broker down, produce/commit timed out
     │   └── StoreUnavailable      Qdrant down or timing out
@@ -30,6 +31,19 @@ class EmbedstreamError(Exception):
 
     retryable: ClassVar[bool] = False
     reason: ClassVar[str] = "error"
+
+
+class CommitLost(EmbedstreamError):
+    """The batch was processed, but its partitions moved to another worker before the commit.
+
+    The group rebalanced (this worker was too slow or was evicted), so the offsets can no
+    longer be committed by us; the partitions' new owner resumes from the last committed
+    offset and redelivers the batch. Idempotent writes make that redelivery safe, so the
+    worker logs it and carries on instead of retrying (the commit can never succeed).
+    """
+
+    retryable = False
+    reason = "commit_lost"
 
 
 class RetryableError(EmbedstreamError):

@@ -19,7 +19,8 @@ from typing import TypeVar
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from pipeline.bus import Consumer, Producer
-from pipeline.errors import EmbedstreamError
+from pipeline.errors import CommitLost, EmbedstreamError
+from pipeline.faults import crash_point
 from pipeline.observe import Observer
 from pipeline.stages import Stage
 
@@ -28,7 +29,7 @@ T = TypeVar("T")
 
 
 def backoff_seconds(attempt: int, base: float = 0.2, cap: float = 15.0, jitter: float | None = None) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(attempt-1))]."""
     ceiling = min(cap, base * 2.0 ** max(0, attempt - 1))
     fraction = random.random() if jitter is None else jitter  # noqa: S311 -- not crypto
     return float(ceiling * fraction)
@@ -78,10 +79,20 @@ class Worker:
         records = self._retry(lambda: self._consumer.poll(self._max_records, self._poll_timeout_s))
         if not records:
             return 0
-        out = self._retry(lambda: self._stage.handle(records))
-        if out:
-            self._retry(lambda: self._producer.send(out))
-        self._retry(lambda: self._consumer.commit(records))
+        with self._consumer.processing():  # a slow batch must not get this worker evicted
+            out = self._retry(lambda: self._stage.handle(records))
+            if out:
+                self._retry(lambda: self._producer.send(out))
+        crash_point(f"{self._stage.name}.before_commit")
+        try:
+            self._retry(lambda: self._consumer.commit(records))
+        except CommitLost as exc:
+            # The output is durable; the partitions' new owner redelivers this batch and
+            # idempotent writes absorb the repeat, so crashing would only add a restart.
+            partitions = sorted({(r.topic, r.partition) for r in records})
+            log.warning("%s: commit lost, %s moved to another worker: %s", self._stage.name, partitions, exc)
+            self._observer.error(self._stage.name, CommitLost.reason)
+            return len(records)
         self.health.last_commit = time.time()
         self._observer.committed(self._stage.name)
         return len(records)
@@ -99,26 +110,43 @@ class Worker:
         return lag
 
     def _retry(self, call: Callable[[], T]) -> T:
-        retrying = Retrying(
-            retry=retry_if_exception(is_retryable),
-            wait=lambda state: backoff_seconds(state.attempt_number),
-            stop=lambda _state: self.stop.is_set(),
-            sleep=self._sleep,
-            before_sleep=self._degraded,
-            reraise=True,
-        )
-        result = retrying(call)
-        if self.health.degraded is not None:
-            log.info("%s recovered", self._stage.name)
-            self.health.degraded = None
-        return result
+        return call_with_retry(call, self.stop, self.health, self._observer, self._stage.name)
 
-    def _sleep(self, seconds: float) -> None:
-        self.stop.wait(seconds)  # a stop request cuts a backoff short
 
-    def _degraded(self, state: RetryCallState) -> None:
+def call_with_retry(
+    call: Callable[[], T],
+    stop: threading.Event,
+    health: Health,
+    observer: Observer | None = None,
+    name: str = "worker",
+) -> T:
+    """Run ``call``, retrying retryable errors until it succeeds or ``stop`` is set.
+
+    Health reports degraded while retrying; a stop request cuts a backoff short and
+    re-raises the last error, so nothing after it (a commit) runs.
+    """
+
+    def degraded(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         kind = error.reason if isinstance(error, EmbedstreamError) else "unknown"
-        self.health.degraded = f"{kind}: {error}"
-        self._observer.error(self._stage.name, kind)
-        log.warning("%s: transient fault, retry %d: %s", self._stage.name, state.attempt_number, error)
+        health.degraded = f"{kind}: {error}"
+        if observer is not None:
+            observer.error(name, kind)
+        log.warning("%s: transient fault, retry %d: %s", name, state.attempt_number, error)
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)  # a stop request cuts a backoff short
+
+    retrying = Retrying(
+        retry=retry_if_exception(is_retryable),
+        wait=lambda state: backoff_seconds(state.attempt_number),
+        stop=lambda _state: stop.is_set(),
+        sleep=sleep,
+        before_sleep=degraded,
+        reraise=True,
+    )
+    result = retrying(call)
+    if health.degraded is not None:
+        log.info("%s recovered", name)
+        health.degraded = None
+    return result

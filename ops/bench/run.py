@@ -67,7 +67,9 @@ def main() -> int:
         results["reindex_chunks_encoded"] = second.encoded
         results["reindex_seconds"] = second.seconds
 
-    results["ratio_first_index_vs_raw_encode"] = results["first_index_chunks_per_s"] / results["raw_encode_chunks_per_s"]
+    results["ratio_first_index_vs_raw_encode"] = (
+        results["first_index_chunks_per_s"] / results["raw_encode_chunks_per_s"]
+    )
     results["ratio_reindex_speedup_vs_first"] = results["first_index_seconds"] / results["reindex_seconds"]
     report(results)
     if args.json:
@@ -79,12 +81,22 @@ def report(results: dict[str, float]) -> None:
     print(f"\nembedstream bench: {results['documents']:.0f} documents, {results['chunks']:.0f} chunks")
     rows = [
         ("raw SentenceTransformer.encode", f"{results['raw_encode_chunks_per_s']:.1f} chunks/s"),
-        ("embedded pipeline, first index", f"{results['first_index_chunks_per_s']:.1f} chunks/s "
-         f"({results['first_index_seconds']:.1f} s)"),
-        (f"re-index, {results['reindex_changed_docs']:.0f} docs changed",
-         f"{results['reindex_seconds']:.2f} s ({results['reindex_chunks_encoded']:.0f} chunks encoded)"),
-        ("ratio first index / raw encode", f"{results['ratio_first_index_vs_raw_encode']:.2f}  (target >= 0.90)"),
-        ("ratio first index / re-index time", f"{results['ratio_reindex_speedup_vs_first']:.1f}x (target >= 20x)"),
+        (
+            "embedded pipeline, first index",
+            f"{results['first_index_chunks_per_s']:.1f} chunks/s ({results['first_index_seconds']:.1f} s)",
+        ),
+        (
+            f"re-index, {results['reindex_changed_docs']:.0f} docs changed",
+            f"{results['reindex_seconds']:.2f} s ({results['reindex_chunks_encoded']:.0f} chunks encoded)",
+        ),
+        (
+            "ratio first index / raw encode",
+            f"{results['ratio_first_index_vs_raw_encode']:.2f}  (target >= 0.90)",
+        ),
+        (
+            "ratio first index / re-index time",
+            f"{results['ratio_reindex_speedup_vs_first']:.1f}x (target >= 20x)",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

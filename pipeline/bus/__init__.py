@@ -7,6 +7,7 @@ Two adapters: :mod:`pipeline.bus.memory` (the embedded default, tests) and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,14 @@ class Consumer(Protocol):
         """Mark everything up to each partition's last record as done."""
 
     def lag(self) -> dict[tuple[str, int], int]: ...
+
+    def processing(self) -> contextlib.AbstractContextManager[None]:
+        """While the returned context is open the caller is busy with the last polled batch.
+
+        A slow batch must not look like a dead consumer: Kafka evicts a member that does
+        not poll within ``max_poll_interval_ms``, and the rebalance would hand the batch to
+        another worker mid-flight. The caller must not use the consumer inside the context.
+        """
 
     def close(self) -> None: ...
 

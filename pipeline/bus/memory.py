@@ -6,6 +6,7 @@ committed per consumer group, uncommitted records redelivered to the next consum
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import defaultdict
@@ -117,6 +118,10 @@ class InMemoryConsumer:
 
     def lag(self) -> dict[tuple[str, int], int]:
         return self._bus.lag(self._group, self._topics)
+
+    def processing(self) -> contextlib.AbstractContextManager[None]:
+        # Nothing to keep alive: an in-process group never evicts a slow member.
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         pass

@@ -20,6 +20,7 @@ from pipeline.chunking import Chunk, Chunker
 from pipeline.encoder import Encoder
 from pipeline.errors import DocumentTooLarge, EmptyDocument, InvalidVectors, PoisonError
 from pipeline.events import ChangeEvent, ChunkRef, VectorsEvent
+from pipeline.faults import crash_point
 from pipeline.hashing import normalize_text, sha256_hex
 from pipeline.observe import Observer
 from pipeline.planner import chunk_point_ids, plan_encode
@@ -59,20 +60,23 @@ class EmbedStage:
         self._vectors_topic = vectors_topic
         self._dlq_topic = dlq_topic
         self._observer = observer
+        self._encoded = 0  # chunks this stage sent to the model, for the batch log line
 
     def handle(self, records: Sequence[Record]) -> list[Outgoing]:
         out: list[Outgoing] = []
-        docs: list[_Doc | Record] = []
+        docs: list[_Doc] = []
         for record in records:
             try:
                 docs.append(self._prepare(record))
             except PoisonError as error:
                 out.append(self._dead_letter(record, error))
-        vectors = self._vectors_for([d for d in docs if isinstance(d, _Doc) and d.chunks])
-        for doc in docs:
-            message = self._emit(doc, vectors) if isinstance(doc, _Doc) else None
-            if message is not None:
-                out.append(message)
+        encoded_before = self._encoded
+        vectors = self._vectors_for([d for d in docs if d.chunks])
+        out.extend(message for doc in docs if (message := self._emit(doc, vectors)) is not None)
+        log.info(
+            "embedded batch",
+            extra={"records": len(records), "encoded": self._encoded - encoded_before, "out": len(out)},
+        )
         return out
 
     def _prepare(self, record: Record) -> _Doc:
@@ -105,7 +109,9 @@ class EmbedStage:
             self._observer.encode_batch(time.perf_counter() - started)
             finite = [bool(np.isfinite(row).all()) for row in matrix]
             fresh = {h: matrix[i] for i, h in enumerate(plan.to_encode) if finite[i]}
+            self._encoded += len(texts)
             self._cache.put_many(fingerprint, fresh)
+            crash_point("embed.after_encode")
             tokens = sum(self._encoder.count_tokens(texts))
             self._observer.chunks(len(fresh), plan.reused, tokens)
         elif plan.reused:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pipeline.bus import Outgoing, Record
 from pipeline.errors import InvalidVectors, PoisonError
 from pipeline.events import VectorsEvent
+from pipeline.faults import crash_point
 from pipeline.index import DocStates, IndexVersion, create_version, read_version
 from pipeline.observe import Observer
 from pipeline.planner import DocState, Incoming, Outcome, metadata_hash, plan_write
@@ -146,9 +147,12 @@ class SinkStage:
                 states[event.key] = writes.states[event.key] = plan.state
         started = time.perf_counter()
         self._store.upsert(version.collection, writes.upserts)
+        crash_point("sink.after_upsert")
         self._store.delete(version.collection, writes.deletes)
+        crash_point("sink.after_delete")
         doc_states.put(writes.states)
         self._store.flush()
+        crash_point("sink.after_flush")
         self._observer.upserted(time.perf_counter() - started, len(writes.upserts), len(writes.deletes))
         now = time.time()
         self._observer.freshness(self.name, [max(0.0, now - e.emitted_at) for e in events])

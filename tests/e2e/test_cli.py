@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -43,7 +42,9 @@ def test_index_corpus_twice_then_search_with_the_bundled_model(tmp_path):
 
     queries = {
         "my door sensor battery drains too fast": "support/door-sensor-battery-life.txt",
-        "how do consumer groups rebalance partitions": "engineering/kafka-consumer-groups-and-rebalancing.rst",
+        "how do consumer groups rebalance partitions": (
+            "engineering/kafka-consumer-groups-and-rebalancing.rst"
+        ),
         "how much time off do employees get": "handbook/vacation-and-leave-policy.md",
         "baking bread with a starter": "notes/sourdough-bread-recipe.txt",
     }
@@ -66,7 +67,9 @@ def test_index_corpus_twice_then_search_with_the_bundled_model(tmp_path):
 def test_config_masks_secrets(tmp_path):
     """`embedstream config` prints the effective settings without secret values."""
     config = tmp_path / "embedstream.toml"
-    config.write_text('[store]\nurl = "http://qdrant:6333"\napi_key = "hunter2"\n[chunking]\nmax_tokens = 128\n')
+    config.write_text(
+        '[store]\nurl = "http://qdrant:6333"\napi_key = "hunter2"\n[chunking]\nmax_tokens = 128\n'
+    )
     result = embedstream("config", "--config", str(config))
     shown = json.loads(result.stdout)
     assert shown["store"]["url"] == "http://qdrant:6333"
@@ -103,7 +106,8 @@ def test_watch_serves_searches_and_follows_edits(tmp_path, tiny_model):
         cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        _wait_for(lambda: (state / "watch.json").is_file(), 120, "the watcher endpoint", watcher)
+        endpoint = state / "watch.json"
+        _wait_for(endpoint.is_file, 120, "the watcher endpoint", watcher)
 
         def found(doc_id: str) -> bool:
             results = json.loads(embedstream("search", "anything", "-k", "10", *common, "--json").stdout)

@@ -317,7 +317,7 @@ def test_delete_then_readd_in_one_batch_keeps_the_document(pipeline):
 
 def test_bad_files_are_reported_and_the_run_continues(pipeline, docs):
     """Undecodable, binary and oversized files are skipped with reasons; the rest is indexed."""
-    pipe, encoder = pipeline
+    pipe, _ = pipeline
     (docs / "bad.md").write_bytes(b"\xff\xfe\xfa not utf-8")
     (docs / "blob.txt").write_bytes(b"\x00\x01\x02binary")
     (docs / "huge.md").write_text("word " * 10_000)

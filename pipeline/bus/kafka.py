@@ -1,0 +1,507 @@
+"""Kafka adapter of the ``Bus`` port, on kafka-python 3.
+
+Delivery contract the worker relies on (at-least-once, idempotent writes downstream):
+
+* :meth:`KafkaProducerAdapter.send` returns only when every message is acknowledged by
+  all in-sync replicas; anything less raises :class:`BusUnavailable`, so the worker
+  retries the whole batch and never commits offsets for output that may be missing.
+* offsets are committed explicitly, per processed batch (auto-commit is off), so an
+  uncommitted batch is redelivered to whoever owns the partition next.
+* :meth:`KafkaConsumerAdapter.processing` keeps the group membership alive while a slow
+  batch runs, so a long batch is not mistaken for a dead worker.
+
+kafka-python types and exceptions never leave this module: records become
+:class:`Record`, library errors become :mod:`pipeline.errors` types at the boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from pipeline.bus import Outgoing, Record, TopicSpec, next_offsets
+from pipeline.errors import BusUnavailable, CommitLost, FatalError
+from pipeline.settings import KafkaSettings
+
+with warnings.catch_warnings():
+    # kafka-python 3.0.12 loads its protocol schemas at import time through
+    # importlib.resources' legacy API, deprecated since Python 3.11. The warning is
+    # attributed to importlib rather than kafka, so a "kafka.*" warning filter misses it
+    # and strict settings (the test suite's "error") would fail this import.
+    warnings.filterwarnings("ignore", r"(open|read)_text is deprecated", DeprecationWarning)
+    import kafka.errors as kafka_errors
+    from kafka import (
+        ConsumerRebalanceListener,
+        KafkaAdminClient,
+        KafkaConsumer,
+        KafkaProducer,
+        OffsetAndMetadata,
+        TopicPartition,
+    )
+    from kafka.net import KafkaNetClient
+
+log = logging.getLogger(__name__)
+
+#: A vectors event for a long document is ~1 MB; the 1 MiB client default would reject it.
+MAX_REQUEST_SIZE = 2_000_000
+#: Every topic accepts messages up to MAX_REQUEST_SIZE (the broker default is ~1 MiB).
+BASE_TOPIC_CONFIGS = {"max.message.bytes": str(MAX_REQUEST_SIZE)}
+#: Compacted topics keep the latest value per key; the cleaner runs early (dirty ratio
+#: 10 %, 10-minute segments) so tombstones and superseded document versions do not pile
+#: up in small, slowly growing topics.
+COMPACTED_TOPIC_CONFIGS = {
+    "cleanup.policy": "compact",
+    "min.cleanable.dirty.ratio": "0.1",
+    "segment.ms": "600000",
+}
+PRODUCER_CLOSE_TIMEOUT_S = 5.0
+#: How long each keep-alive poll waits; also the most it adds to a long batch on exit.
+KEEPALIVE_POLL_MS = 200
+#: Error codes in admin responses that mean "already as requested".
+_TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
+_UNKNOWN_TOPIC = kafka_errors.UnknownTopicOrPartitionError.errno
+
+
+@dataclass(frozen=True)
+class KafkaTimeouts:
+    """Client timeouts: the defaults suit production; tests shrink them to fail fast."""
+
+    #: Upper bound for one broker round trip (and for admin calls).
+    request_ms: int = 30_000
+    #: How long a new client waits for the first broker before giving up.
+    bootstrap_ms: int = 30_000
+    #: How long the producer keeps retrying a message before reporting it failed.
+    delivery_ms: int = 120_000
+    #: Heartbeat silence after which the broker evicts a consumer (process died).
+    session_ms: int = 10_000
+    heartbeat_ms: int = 2_000
+    #: Gap between polls after which the client leaves the group (stuck loop); long
+    #: batches are covered by :meth:`KafkaConsumerAdapter.processing`, not by this.
+    max_poll_interval_ms: int = 300_000
+    #: Reconnect quickly after a broker restart instead of backing off to 30 s.
+    reconnect_backoff_max_ms: int = 1_000
+
+
+class KafkaBus:
+    """Topics, producers and consumer-group consumers on one Kafka cluster."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        client_id: str = "embedstream",
+        *,
+        timeouts: KafkaTimeouts | None = None,
+    ) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._timeouts = timeouts or KafkaTimeouts()
+        self._admin_client: Any = None
+
+    def producer(self) -> KafkaProducerAdapter:
+        return KafkaProducerAdapter(self._new_producer, send_timeout_s=self._timeouts.delivery_ms / 1000 + 5)
+
+    def consumer(self, group: str, topics: Sequence[str]) -> KafkaConsumerAdapter:
+        keepalive_s = min(1.0, self._timeouts.max_poll_interval_ms / 3000)
+        return KafkaConsumerAdapter(lambda: self._new_consumer(group), group, topics, keepalive_s)
+
+    def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
+        """Create missing topics; existing ones are left as they are (idempotent)."""
+        if not specs:
+            return
+        request = {spec.name: _topic_options(spec) for spec in specs}
+        with _translated("create topics"):
+            admin = self._admin()
+            response = admin.create_topics(request, raise_errors=False)
+            _check_topic_errors(response, ignore=_TOPIC_ALREADY_EXISTS)
+            # KRaft acknowledges a create before every partition has a leader; producing
+            # right away would then wait on metadata, so wait here where it is expected.
+            admin.wait_for_topics(list(request), timeout_ms=self._timeouts.request_ms)
+
+    def delete_topics(self, names: Sequence[str]) -> None:
+        """Delete topics (tests clean up with this); missing ones are ignored."""
+        if not names:
+            return
+        with _translated("delete topics"):
+            response = self._admin().delete_topics(list(names), raise_errors=False)
+            _check_topic_errors(response, ignore=_UNKNOWN_TOPIC)
+
+    def list_topics(self) -> list[str]:
+        with _translated("list topics"):
+            return sorted(self._admin().list_topics())
+
+    def close(self) -> None:
+        if self._admin_client is not None:
+            with contextlib.suppress(Exception):  # best effort: nothing to recover on close
+                self._admin_client.close()
+            self._admin_client = None
+
+    # -- client construction ----------------------------------------------------
+
+    def _common_configs(self) -> dict[str, Any]:
+        configs: dict[str, Any] = {
+            "bootstrap_servers": self._settings.bootstrap.split(","),
+            "client_id": self._client_id,
+            "request_timeout_ms": self._timeouts.request_ms,
+            "bootstrap_timeout_ms": self._timeouts.bootstrap_ms,
+            "reconnect_backoff_max_ms": self._timeouts.reconnect_backoff_max_ms,
+        }
+        if self._settings.sasl_username:
+            password = self._settings.sasl_password
+            configs |= {
+                "security_protocol": "SASL_PLAINTEXT",
+                "sasl_mechanism": "PLAIN",
+                "sasl_plain_username": self._settings.sasl_username,
+                "sasl_plain_password": password.get_secret_value() if password else "",
+            }
+        return configs
+
+    def _admin(self) -> Any:
+        if self._admin_client is None:
+            self._admin_client = _build(KafkaAdminClient, **self._common_configs())
+        return self._admin_client
+
+    def _new_producer(self) -> Any:
+        return _build(
+            KafkaProducer,
+            **self._common_configs(),
+            acks="all",
+            # Broker-side dedupe of the client's own retries: a retried produce after a
+            # lost ack does not write the message twice.
+            enable_idempotence=True,
+            compression_type="gzip",
+            linger_ms=5,
+            max_request_size=MAX_REQUEST_SIZE,
+            retries=2_147_483_647,  # bounded by delivery_timeout_ms, not by a count
+            delivery_timeout_ms=self._timeouts.delivery_ms,
+            # send() blocks at most this long for metadata (e.g. broker down at start).
+            max_block_ms=self._timeouts.request_ms,
+        )
+
+    def _new_consumer(self, group: str) -> Any:
+        return _build(
+            KafkaConsumer,
+            **self._common_configs(),
+            group_id=group,
+            enable_auto_commit=False,  # commit only what the worker finished
+            auto_offset_reset="earliest",  # a new group starts from the beginning of the log
+            max_poll_records=self._settings.batch_max_records,
+            fetch_max_wait_ms=self._settings.batch_max_wait_ms,
+            session_timeout_ms=self._timeouts.session_ms,
+            heartbeat_interval_ms=self._timeouts.heartbeat_ms,
+            max_poll_interval_ms=self._timeouts.max_poll_interval_ms,
+            # A vectors event up to MAX_REQUEST_SIZE must fit one partition fetch.
+            max_partition_fetch_bytes=MAX_REQUEST_SIZE,
+        )
+
+
+def _build(client_class: Any, **configs: Any) -> Any:
+    """Construct a kafka-python client; if that fails, stop its network thread.
+
+    kafka-python 3.0.12 starts the IO thread before the eager bootstrap in ``__init__``
+    and leaks it when the bootstrap times out; a worker retrying through a broker
+    outage would pile up one thread (and selector) per attempt.
+    """
+    network_clients: list[Any] = []
+
+    def tracked_network_client(**kwargs: Any) -> Any:
+        network_clients.append(KafkaNetClient(**kwargs))
+        return network_clients[-1]
+
+    try:
+        return client_class(**configs, kafka_client=tracked_network_client)
+    except BaseException:
+        for network_client in network_clients:
+            with contextlib.suppress(Exception):
+                network_client.close()
+        raise
+
+
+class KafkaProducerAdapter:
+    """Sends batches and returns only once every message is acknowledged.
+
+    The client is created on the first send, so a worker can start while the broker is
+    still down; construction failures surface as :class:`BusUnavailable` and are retried.
+    """
+
+    def __init__(self, factory: Callable[[], Any], send_timeout_s: float) -> None:
+        self._factory = factory
+        self._send_timeout_s = send_timeout_s
+        self._producer: Any = None
+
+    def send(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        with _translated("produce"):
+            producer = self._client()
+            futures = [_send_one(producer, message) for message in messages]
+            producer.flush(timeout=self._send_timeout_s)
+        # flush() returned, so every future is done; still check EVERY one: a single
+        # failed message means the batch's output is incomplete and must not be committed.
+        failures = [error for error in map(_delivery_error, futures) if error is not None]
+        if failures:
+            raise BusUnavailable(
+                f"{len(failures)} of {len(futures)} messages not acknowledged: {failures[0]}"
+            ) from failures[0]
+
+    def close(self) -> None:
+        if self._producer is not None:
+            # Anything still buffered belongs to a send() that failed, whose batch stays
+            # uncommitted and is produced again after a restart: no need to wait long.
+            with _translated("close producer"):
+                self._producer.close(timeout=PRODUCER_CLOSE_TIMEOUT_S)
+            self._producer = None
+
+    def _client(self) -> Any:
+        if self._producer is None:
+            self._producer = self._factory()
+        return self._producer
+
+
+def _send_one(producer: Any, message: Outgoing) -> Any:
+    return producer.send(
+        message.topic,
+        key=message.key.encode("utf-8"),
+        value=message.value,
+        headers=list(message.headers),
+    )
+
+
+def _delivery_error(future: Any) -> Exception | None:
+    try:
+        future.get(timeout=0)
+    except Exception as exc:  # any failure, retriable or not, means "not acknowledged"
+        return exc
+    return None
+
+
+class KafkaConsumerAdapter:
+    """One consumer-group member; offsets move only through :meth:`commit`.
+
+    kafka-python consumers are not thread-safe; every use of the client happens under
+    ``self._lock`` so the keep-alive thread of :meth:`processing` cannot interleave.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        group: str,
+        topics: Sequence[str],
+        keepalive_s: float,
+    ) -> None:
+        self._factory = factory
+        self._group = group
+        self._topics = list(topics)
+        self._keepalive_s = keepalive_s
+        self._lock = threading.RLock()
+        self._consumer: Any = None
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        with self._lock, _translated("poll"):
+            batches = self._client().poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        # Partition order, then offset order within each: the order Kafka guarantees.
+        return [_record(raw) for tp in sorted(batches) for raw in batches[tp]]
+
+    def commit(self, records: Sequence[Record]) -> None:
+        offsets = next_offsets(records)
+        if not offsets:
+            return
+        with self._lock, _translated("commit"):
+            consumer = self._client()
+            assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            lost = sorted(set(offsets) - assigned)
+            owned = {
+                TopicPartition(*tp): OffsetAndMetadata(offset, "", -1)
+                for tp, offset in offsets.items()
+                if tp in assigned
+            }
+            # The new owner's position is authoritative for partitions that moved; ours
+            # would be at best redundant and at worst move its committed offset backwards.
+            if owned:
+                consumer.commit(owned)
+        if lost:
+            raise CommitLost(f"partitions {lost} were reassigned before the commit")
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        with self._lock, _translated("lag"):
+            consumer = self._client()
+            assigned = sorted(consumer.assignment())
+            if not assigned:
+                return {}
+            ends = consumer.end_offsets(assigned)
+            starts = consumer.beginning_offsets(assigned)
+            return {
+                (tp.topic, tp.partition): ends[tp] - _committed(consumer, tp, starts[tp]) for tp in assigned
+            }
+
+    @contextlib.contextmanager
+    def processing(self) -> Iterator[None]:
+        """Pause fetching and keep polling in the background while the caller works.
+
+        kafka-python leaves the group when ``poll`` is not called for
+        ``max_poll_interval_ms``; heartbeats alone do not prove the loop is alive. With
+        every partition paused, a background ``poll`` proves liveness (and completes a
+        rebalance if one starts) without fetching records the caller has not asked for.
+        """
+        if self._consumer is None:  # never polled: nothing to keep alive
+            yield
+            return
+        keeper = _KeepAlive(self._consumer, self._lock, self._keepalive_s, self._group)
+        with self._lock:
+            keeper.pause_assigned()
+        keeper.start()
+        try:
+            yield
+        finally:
+            keeper.stop()
+            with self._lock:  # local state only: cannot fail on the network
+                paused = self._consumer.paused()
+                if paused:
+                    self._consumer.resume(*paused)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                # Leaves the group at once, so the partitions move without waiting for
+                # the session timeout; nothing is auto-committed.
+                with _translated("close consumer"):
+                    self._consumer.close(autocommit=False)
+                self._consumer = None
+
+    def _client(self) -> Any:
+        if self._consumer is None:
+            consumer = self._factory()
+            consumer.subscribe(self._topics, listener=_RebalanceLogger(self._group))
+            self._consumer = consumer
+        return self._consumer
+
+
+def _record(raw: Any) -> Record:
+    return Record(
+        topic=raw.topic,
+        partition=raw.partition,
+        offset=raw.offset,
+        key=raw.key.decode("utf-8") if raw.key is not None else None,
+        value=raw.value,
+        headers=tuple((name, bytes(value)) for name, value in raw.headers or ()),
+        timestamp_ms=raw.timestamp,
+    )
+
+
+def _committed(consumer: Any, tp: Any, log_start: int) -> int:
+    # Nothing committed yet means the whole log is still to do (as a new owner would see
+    # it with auto_offset_reset=earliest), not just what this member has not fetched.
+    committed = consumer.committed(tp)
+    return int(committed) if committed is not None else int(log_start)
+
+
+class _KeepAlive(threading.Thread):
+    """Polls a fully paused consumer until stopped, once the batch has run ``interval_s``.
+
+    Why the polls are back to back and each waits ``KEEPALIVE_POLL_MS`` instead of a
+    ``poll(timeout_ms=0)`` per second: kafka-python 3.0.12 discards a JoinGroup/SyncGroup
+    that completes *between* two polls and sends a fresh JoinGroup on the next one, which
+    starts another rebalance; spaced zero-timeout polls therefore rebalance forever once
+    the group starts one. A poll that waits lets the join complete inside the call.
+    Batches shorter than ``interval_s`` never poll at all.
+    """
+
+    def __init__(self, consumer: Any, lock: threading.RLock, interval_s: float, group: str) -> None:
+        super().__init__(name=f"kafka-keepalive-{group}", daemon=True)
+        self._consumer = consumer
+        self._lock = lock
+        self._interval_s = interval_s
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        if self._stopped.wait(self._interval_s):
+            return
+        failures = 0
+        while not self._stopped.is_set():
+            try:
+                with self._lock:
+                    self._tick()
+            except Exception:
+                # Never kill the keep-alive over a failed poll (broker restarting): the next
+                # tick retries, and a lost membership surfaces at commit time as CommitLost.
+                failures += 1
+                level = logging.WARNING if failures == 1 else logging.DEBUG  # once, not every second
+                log.log(level, "keep-alive poll failed", exc_info=True)
+                self._stopped.wait(self._interval_s)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join()
+
+    def pause_assigned(self) -> None:
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.pause(*assigned)
+
+    def _tick(self) -> None:
+        returned = self._consumer.poll(timeout_ms=KEEPALIVE_POLL_MS)
+        # Records only come back when a rebalance handed us new, unpaused partitions;
+        # rewind them so the caller's next poll sees them, and pause again.
+        for tp, raws in returned.items():
+            self._consumer.seek(tp, raws[0].offset)
+        self.pause_assigned()
+
+
+class _RebalanceLogger(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka is untyped
+    """Logs partition movements; runs on kafka-python's IO thread, so it must not block."""
+
+    def __init__(self, group: str) -> None:
+        self._group = group
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        log.info("group %s: partitions revoked: %s", self._group, _names(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("group %s: partitions assigned: %s", self._group, _names(assigned))
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        log.warning("group %s: partitions lost (evicted from the group): %s", self._group, _names(lost))
+
+
+def _names(partitions: Any) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+
+
+def _topic_options(spec: TopicSpec) -> dict[str, Any]:
+    return {
+        "num_partitions": spec.partitions,
+        "replication_factor": spec.replication,
+        "configs": BASE_TOPIC_CONFIGS | (COMPACTED_TOPIC_CONFIGS if spec.compacted else {}),
+    }
+
+
+def _check_topic_errors(response: dict[str, Any], ignore: int) -> None:
+    for topic in response.get("topics", []):
+        code = topic.get("error_code", 0)
+        if code not in (0, ignore):
+            error = kafka_errors.for_code(code)(topic.get("error_message") or topic.get("name"))
+            _raise_translated(f"topic {topic.get('name')}", error)
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn kafka-python exceptions into the pipeline's error tree."""
+    try:
+        yield
+    except kafka_errors.KafkaError as exc:
+        _raise_translated(action, exc)
+
+
+def _raise_translated(action: str, exc: Exception) -> NoReturn:
+    if isinstance(exc, kafka_errors.CommitFailedError | kafka_errors.RebalanceInProgressError):
+        # Our generation is over; the partitions' next owner redelivers the batch.
+        raise CommitLost(f"{action}: {exc}") from exc
+    if getattr(exc, "retriable", False):
+        # Broker down, timeouts, connection errors, leader moves: the same call can work later.
+        raise BusUnavailable(f"kafka {action} failed: {exc}") from exc
+    # Misconfiguration, authorization, protocol errors: retrying cannot help.
+    raise FatalError(f"kafka {action} failed: {exc}") from exc

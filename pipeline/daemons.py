@@ -1,0 +1,179 @@
+"""Long-running processes over Kafka: ``source fs``, ``embed`` and ``sink``.
+
+Each daemon is the embedded mode's stage plus a Kafka transport, a ``/metrics`` endpoint,
+periodic lag reports and a SIGTERM drain: stop polling, finish the batch, commit, exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+
+from prometheus_client import CollectorRegistry
+
+from connectors.filesystem import Checkpoint, FilesystemSource, ScanReport, checkpoint_path
+from pipeline.bus import Consumer, Outgoing, Producer, TopicSpec
+from pipeline.bus.kafka import KafkaBus
+from pipeline.components import make_chunker, make_encoder, open_cache, open_store
+from pipeline.http import DaemonServer
+from pipeline.metrics import PrometheusObserver
+from pipeline.observe import Observer
+from pipeline.settings import Settings
+from pipeline.stages import Stage
+from pipeline.stages.embed import EmbedStage
+from pipeline.stages.sink import SinkStage
+from pipeline.topics import Topics
+from pipeline.worker import Health, Worker, call_with_retry
+
+log = logging.getLogger(__name__)
+
+LAG_REPORT_S = 5.0
+PROGRESS_LOG_S = 30.0
+
+
+@dataclass(frozen=True)
+class DaemonContext:
+    settings: Settings
+    stop: threading.Event
+    registry: CollectorRegistry
+    observer: Observer
+    health: Health
+
+
+def topic_specs(settings: Settings, version: int) -> list[TopicSpec]:
+    topics, kafka = Topics(settings.kafka.topic_prefix), settings.kafka
+    return [
+        TopicSpec(topics.changes, kafka.partitions, kafka.replication, compacted=True),
+        TopicSpec(topics.vectors(settings.index.name, version), kafka.partitions, kafka.replication),
+        TopicSpec(topics.dlq, kafka.partitions, kafka.replication, compacted=False),
+    ]
+
+
+def group_id(settings: Settings, stage: str, version: int) -> str:
+    """One consumer group per stage and index version: a new version backfills from offset 0."""
+    return f"{settings.kafka.topic_prefix}.{stage}.{settings.index.name}-v{version}"
+
+
+@contextmanager
+def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[DaemonContext]:
+    """Metrics registry, observer and HTTP endpoint around one daemon's lifetime."""
+    registry = CollectorRegistry()
+    health = Health()
+    observer = PrometheusObserver(registry, settings.index.name)
+
+    def ready() -> tuple[bool, str]:
+        return health.ready, health.degraded or "ok"
+
+    server = DaemonServer(settings.http.addr, registry, ready).start()
+    log.info("%s daemon started", name, extra={"http": server.url, "index": settings.index.name})
+    try:
+        yield DaemonContext(settings, stop, registry, observer, health)
+    finally:
+        server.stop()
+        log.info("%s daemon stopped", name)
+
+
+def run_embed(settings: Settings, version: int, stop: threading.Event) -> None:
+    topics = Topics(settings.kafka.topic_prefix)
+    bus = KafkaBus(settings.kafka, client_id="embedstream-embed")
+    with daemon(settings, stop, "embed") as ctx:
+        call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, version)), stop, ctx.health)
+        encoder = make_encoder(settings)
+        cache = open_cache(settings)
+        stage = EmbedStage(
+            encoder, cache, make_chunker(encoder, settings), settings.limits,
+            topics.vectors(settings.index.name, version), topics.dlq, ctx.observer,
+        )  # fmt: skip
+        consumer = bus.consumer(group_id(settings, "embed", version), [topics.changes])
+        try:
+            _run_worker(_worker(ctx, consumer, bus.producer(), stage))
+        finally:
+            consumer.close()
+            cache.close()
+            bus.close()
+
+
+def run_sink(settings: Settings, version: int, stop: threading.Event) -> None:
+    topics = Topics(settings.kafka.topic_prefix)
+    bus = KafkaBus(settings.kafka, client_id="embedstream-sink")
+    store = open_store(settings)  # fails fast if another process owns an embedded store
+    with daemon(settings, stop, "sink") as ctx:
+        call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, version)), stop, ctx.health)
+        stage = SinkStage(store, settings.index, version, topics.dlq, ctx.observer)
+        vectors = topics.vectors(settings.index.name, version)
+        consumer = bus.consumer(group_id(settings, "sink", version), [vectors])
+        try:
+            _run_worker(_worker(ctx, consumer, bus.producer(), stage))
+        finally:
+            consumer.close()
+            store.close()
+            bus.close()
+
+
+def run_source_fs(
+    settings: Settings, source: FilesystemSource, stop: threading.Event, interval_s: float
+) -> None:
+    topics = Topics(settings.kafka.topic_prefix)
+    bus = KafkaBus(settings.kafka, client_id="embedstream-source")
+    path = checkpoint_path(settings.state_dir / "sources", source.source, source.root)
+    with daemon(settings, stop, "source") as ctx:
+        call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, 1)[:1]), stop, ctx.health)
+        producer = bus.producer()
+        checkpoint = Checkpoint.load(path)
+        try:
+            while not stop.is_set():
+                report = ScanReport()
+                changes = list(source.scan(checkpoint, report))
+                messages = [
+                    Outgoing(topics.changes, c.event.key, c.event.to_bytes())
+                    for c in changes
+                    if c.event is not None
+                ]
+                # The checkpoint advances only once the broker has acknowledged the events.
+                call_with_retry(partial(producer.send, messages), stop, ctx.health)
+                for change in changes:
+                    checkpoint.apply(change)
+                    if change.event is not None:
+                        ctx.observer.event_out("source", change.event.op)
+                if changes:
+                    checkpoint.save(path)
+                    log.info(
+                        "source emitted %d changes", len(messages), extra={"skipped": dict(report.skipped)}
+                    )
+                ctx.health.last_commit = time.time()
+                ctx.observer.committed("source")
+                stop.wait(interval_s)
+        finally:
+            producer.close()
+            bus.close()
+
+
+def _worker(ctx: DaemonContext, consumer: Consumer, producer: Producer, stage: Stage) -> Worker:
+    kafka = ctx.settings.kafka
+    return Worker(
+        consumer, producer, stage, ctx.observer,
+        max_records=kafka.batch_max_records,
+        poll_timeout_s=max(0.05, kafka.batch_max_wait_ms / 1000),
+        stop=ctx.stop,
+        health=ctx.health,
+    )  # fmt: skip
+
+
+def _run_worker(worker: Worker) -> None:
+    """Batches until stopped, with lag reports and a periodic one-line progress log."""
+    last_lag = last_log = 0.0
+    processed = 0
+    while not worker.stop.is_set():
+        processed += worker.run_batch()
+        now = time.monotonic()
+        if now - last_lag >= LAG_REPORT_S:
+            lag = worker.report_lag()
+            last_lag = now
+            if now - last_log >= PROGRESS_LOG_S:
+                log.info("progress", extra={"records": processed, "lag": sum(lag.values())})
+                last_log = now

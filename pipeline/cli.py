@@ -44,8 +44,8 @@ EXIT_UNAVAILABLE = 5
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("embedstream")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 app = typer.Typer(

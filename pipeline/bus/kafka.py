@@ -60,6 +60,8 @@ COMPACTED_TOPIC_CONFIGS = {
     "segment.ms": "600000",
 }
 PRODUCER_CLOSE_TIMEOUT_S = 5.0
+#: How long a poll waits while the member has no partitions (joining or rebalancing).
+JOIN_POLL_S = 5.0
 #: How long each keep-alive poll waits; also the most it adds to a long batch on exit.
 KEEPALIVE_POLL_MS = 200
 #: Error codes in admin responses that mean "already as requested".
@@ -302,7 +304,14 @@ class KafkaConsumerAdapter:
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         with self._lock, _translated("poll"):
-            batches = self._client().poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+            consumer = self._client()
+            if not consumer.assignment():
+                # Joining (or rebalancing: eager assignors revoke everything first).
+                # kafka-python 3.0.12 drops a JoinGroup answer that arrives between two
+                # polls and sends a new one, so short polls can rebalance forever; give
+                # the join room to complete inside this call.
+                timeout_s = max(timeout_s, JOIN_POLL_S)
+            batches = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         # Partition order, then offset order within each: the order Kafka guarantees.
         return [_record(raw) for tp in sorted(batches) for raw in batches[tp]]
 

@@ -60,7 +60,6 @@ class EmbedStage:
         self._vectors_topic = vectors_topic
         self._dlq_topic = dlq_topic
         self._observer = observer
-        self._encoded = 0  # chunks this stage sent to the model, for the batch log line
 
     def handle(self, records: Sequence[Record]) -> list[Outgoing]:
         out: list[Outgoing] = []
@@ -70,13 +69,9 @@ class EmbedStage:
                 docs.append(self._prepare(record))
             except PoisonError as error:
                 out.append(self._dead_letter(record, error))
-        encoded_before = self._encoded
         vectors = self._vectors_for([d for d in docs if d.chunks])
         out.extend(message for doc in docs if (message := self._emit(doc, vectors)) is not None)
-        log.info(
-            "embedded batch",
-            extra={"records": len(records), "encoded": self._encoded - encoded_before, "out": len(out)},
-        )
+        log.debug("embedded batch", extra={"records": len(records), "out": len(out)})
         return out
 
     def _prepare(self, record: Record) -> _Doc:
@@ -109,8 +104,8 @@ class EmbedStage:
             self._observer.encode_batch(time.perf_counter() - started)
             finite = [bool(np.isfinite(row).all()) for row in matrix]
             fresh = {h: matrix[i] for i, h in enumerate(plan.to_encode) if finite[i]}
-            self._encoded += len(texts)
             self._cache.put_many(fingerprint, fresh)
+            log.info("encoded chunks", extra={"encoded": len(texts), "reused": plan.reused})
             crash_point("embed.after_encode")
             tokens = sum(self._encoder.count_tokens(texts))
             self._observer.chunks(len(fresh), plan.reused, tokens)

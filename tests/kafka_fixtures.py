@@ -1,4 +1,4 @@
-"""Kafka fixtures: one real single-node broker per test session, unique topics per test.
+"""Kafka fixtures (a pytest plugin): one real single-node broker per session, unique topics per test.
 
 Set ``EMBEDSTREAM_KAFKA_BOOTSTRAP`` to run the Kafka tests against an existing broker
 instead; tests that stop or restart the broker then skip, since it is not theirs.
@@ -23,7 +23,7 @@ from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
 from pipeline.errors import EmbedstreamError
 from pipeline.settings import KafkaSettings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 KAFKA_LIBS = REPO / ".cache" / "kafka" / "libs"
 BOOTSTRAP_ENV = "EMBEDSTREAM_KAFKA_BOOTSTRAP"
 

@@ -181,12 +181,12 @@ def test_poison_events_land_in_the_dlq_and_later_events_are_indexed(tmp_path, ka
         good = initial_documents()[:3]
         future = json.loads(good[0].to_bytes())
         future.update(schema_version=99, doc_id="from-the-future")
+        huge = ChangeEvent(source="kt", doc_id="huge", op="upsert", text="word " * 2000, version=1)
         deployment.produce_raw(
             [
                 ("kt/garbage", b"{not json"),
                 ("kt/from-the-future", json.dumps(future).encode()),
-                ("kt/huge", ChangeEvent(source="kt", doc_id="huge", op="upsert", text="word " * 2000, version=1)
-                 .to_bytes()),
+                ("kt/huge", huge.to_bytes()),
             ]
         )  # fmt: skip
         deployment.produce(good)

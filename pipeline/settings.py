@@ -34,7 +34,9 @@ class ModelSettings(BaseModel):
     query_prefix: str = Field("", description="Prepended to queries (e.g. 'query: ' for E5)")
     document_prefix: str = Field("", description="Prepended to chunks before encoding")
     max_seq_length: int | None = Field(None, description="Override the model's max tokens")
-    token_budget: int = Field(16384, ge=256, description="Padded tokens per encode batch")
+    token_budget: int | None = Field(
+        None, ge=256, description="Padded tokens per encode batch (unset: 4096 on CPU, 65536 on CUDA)"
+    )
 
 
 class ChunkingSettings(BaseModel):

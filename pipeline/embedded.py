@@ -107,6 +107,7 @@ class EmbeddedPipeline:
         while self._embed.run_batch():
             self._drain_sink()
         self._drain_sink()
+        self.bus.trim()
 
     def _drain_sink(self) -> None:
         while True:

@@ -20,6 +20,9 @@ class InMemoryBus:
         self._default_partitions = default_partitions
         self._logs: dict[str, list[list[Record]]] = {}
         self._committed: dict[str, dict[tuple[str, int], int]] = defaultdict(dict)
+        # Offset of each partition's first retained record: trim() drops consumed records.
+        self._base: dict[tuple[str, int], int] = defaultdict(int)
+        self._readers: dict[str, set[str]] = defaultdict(set)  # topic -> groups reading it
         self._changed = threading.Condition()
 
     def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
@@ -31,6 +34,9 @@ class InMemoryBus:
         return InMemoryProducer(self)
 
     def consumer(self, group: str, topics: Sequence[str]) -> InMemoryConsumer:
+        with self._changed:
+            for topic in topics:
+                self._readers[topic].add(group)
         return InMemoryConsumer(self, group, topics)
 
     def append(self, message: Outgoing) -> None:
@@ -42,7 +48,7 @@ class InMemoryBus:
                 Record(
                     message.topic,
                     partition,
-                    len(log),
+                    self._base[(message.topic, partition)] + len(log),
                     message.key,
                     message.value,
                     message.headers,
@@ -51,8 +57,21 @@ class InMemoryBus:
             )
             self._changed.notify_all()
 
+    def trim(self) -> None:
+        """Forget records every reading group has committed, so a long ``watch`` stays small.
+
+        Topics nobody reads (the DLQ) are kept whole: they are there to be inspected.
+        """
+        with self._changed:
+            for topic, groups in self._readers.items():
+                for partition, log in enumerate(self._logs.get(topic, [])):
+                    tp = (topic, partition)
+                    done = min(self._committed[g].get(tp, 0) for g in groups)
+                    del log[: max(0, done - self._base[tp])]
+                    self._base[tp] = max(self._base[tp], done)
+
     def records(self, topic: str) -> list[Record]:
-        """Everything ever written to ``topic`` (for the DLQ and tests)."""
+        """Every retained record of ``topic`` (the DLQ and tests)."""
         with self._changed:
             return [r for log in self._logs.get(topic, []) for r in log]
 
@@ -71,7 +90,7 @@ class InMemoryBus:
         positions = self._committed[group]
         for topic in topics:
             for partition, log in enumerate(self._logs.get(topic, [])):
-                start = positions.get((topic, partition), 0)
+                start = max(0, positions.get((topic, partition), 0) - self._base[(topic, partition)])
                 batch.extend(log[start : start + max_records - len(batch)])
                 if len(batch) >= max_records:
                     return batch
@@ -84,7 +103,7 @@ class InMemoryBus:
     def lag(self, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
         with self._changed:
             return {
-                (topic, p): len(log) - self._committed[group].get((topic, p), 0)
+                (topic, p): self._base[(topic, p)] + len(log) - self._committed[group].get((topic, p), 0)
                 for topic in topics
                 for p, log in enumerate(self._logs.get(topic, []))
             }

@@ -148,3 +148,25 @@ def test_next_offsets_picks_max_plus_one_per_partition() -> None:
     ]
     assert next_offsets(records) == {("a", 0): 8, ("a", 1): 1, ("b", 0): 10}
     assert next_offsets([]) == {}
+
+
+def test_trim_drops_only_what_every_reading_group_committed():
+    """trim() forgets consumed records, keeps offsets monotonic, and keeps unread topics whole."""
+    from pipeline.bus import Outgoing
+    from pipeline.bus.memory import InMemoryBus
+
+    bus = InMemoryBus()
+    fast, slow = bus.consumer("fast", ["t"]), bus.consumer("slow", ["t"])
+    producer = bus.producer()
+    producer.send([Outgoing("t", "k", str(i).encode()) for i in range(4)])
+    producer.send([Outgoing("dlq", "k", b"bad")])
+    fast.commit(fast.poll(10, 0))
+    slow.commit(slow.poll(2, 0))
+    bus.trim()
+    assert [r.offset for r in bus.records("t")] == [2, 3]
+    assert [r.offset for r in slow.poll(10, 0)] == [2, 3]
+    assert fast.poll(10, 0) == []
+    producer.send([Outgoing("t", "k", b"4")])
+    assert [r.offset for r in fast.poll(10, 0)] == [4]
+    assert slow.lag() == {("t", 0): 3}
+    assert len(bus.records("dlq")) == 1

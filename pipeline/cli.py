@@ -349,16 +349,12 @@ def topics_create(
     """Create <prefix>.changes, <prefix>.vectors.<index>-v<N> (compacted) and <prefix>.dlq."""
 
     def action() -> None:
-        from pipeline.bus.kafka import KafkaBus
         from pipeline.daemons import topic_specs
 
         settings = daemon_settings(config, None, index_name, None, None, bootstrap)
-        bus = KafkaBus(settings.kafka)
-        try:
-            specs = topic_specs(settings, version)
+        specs = topic_specs(settings, version)
+        with _kafka(settings) as (bus, _topics):
             bus.ensure_topics(specs)
-        finally:
-            bus.close()
         for spec in specs:
             kind = "compacted" if spec.compacted else "delete"
             out.print(f"{spec.name}: {spec.partitions} partitions, replication {spec.replication}, {kind}")
@@ -429,17 +425,11 @@ def dlq_list(
     """Show dead-lettered events: key, reason, message, where they came from."""
 
     def action() -> list[dict[str, str]]:
-        from pipeline.bus.kafka import KafkaBus
         from pipeline.dlq import read_dead_letters
-        from pipeline.topics import Topics
 
         settings = daemon_settings(config, None, None, None, None, bootstrap)
-        bus = KafkaBus(settings.kafka, client_id="embedstream-dlq")
-        try:
-            letters = read_dead_letters(bus, Topics(settings.kafka.topic_prefix), limit)
-        finally:
-            bus.close()
-        return [letter.as_json() for letter in letters]
+        with _kafka(settings) as (bus, topics):
+            return [letter.as_json() for letter in read_dead_letters(bus, topics, limit)]
 
     letters = run(action)
     if as_json:
@@ -466,17 +456,11 @@ def dlq_replay(
     """Re-inject dead-lettered events into their original topic after a fix (each entry once)."""
 
     def action() -> int:
-        from pipeline.bus.kafka import KafkaBus
         from pipeline.dlq import replay_dead_letters
-        from pipeline.topics import Topics
 
         settings = daemon_settings(config, None, None, None, None, bootstrap)
-        bus = KafkaBus(settings.kafka, client_id="embedstream-dlq")
-        try:
-            topics = Topics(settings.kafka.topic_prefix)
+        with _kafka(settings) as (bus, topics):
             return replay_dead_letters(bus, topics, reason=reason, key=key, dry_run=dry_run)
-        finally:
-            bus.close()
 
     count = run(action)
     out.print(f"{'would replay' if dry_run else 'replayed'} {count} events")
@@ -511,6 +495,18 @@ def _parse_filters(raw: list[str]) -> dict[str, str]:
             raise typer.BadParameter(f"--filter expects key=value, got {item!r}")
         filters[key] = value
     return filters
+
+
+@contextmanager
+def _kafka(settings: Settings) -> Iterator[tuple[Any, Any]]:
+    from pipeline.bus.kafka import KafkaBus
+    from pipeline.topics import Topics
+
+    bus = KafkaBus(settings.kafka, client_id="embedstream-cli")
+    try:
+        yield bus, Topics(settings.kafka.topic_prefix)
+    finally:
+        bus.close()
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from connectors.filesystem import Checkpoint, FilesystemSource, ScanReport, checkpoint_path
 from pipeline.bus import Consumer, Outgoing, Producer, TopicSpec
-from pipeline.bus.kafka import KafkaBus
+from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
 from pipeline.components import make_chunker, make_encoder, open_cache, open_store
 from pipeline.http import DaemonServer
 from pipeline.metrics import PrometheusObserver
@@ -33,6 +33,9 @@ from pipeline.worker import Health, Worker, call_with_retry
 log = logging.getLogger(__name__)
 
 LAG_REPORT_S = 5.0
+#: A lag query that gets no answer for 10 s marks the daemon not ready (/readyz 503)
+#: while it keeps retrying; the client defaults (30 s) would hide a short outage.
+DAEMON_TIMEOUTS = KafkaTimeouts(request_ms=10_000, bootstrap_ms=10_000)
 PROGRESS_LOG_S = 30.0
 
 
@@ -80,7 +83,7 @@ def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[Dae
 
 def run_embed(settings: Settings, version: int, stop: threading.Event) -> None:
     topics = Topics(settings.kafka.topic_prefix)
-    bus = KafkaBus(settings.kafka, client_id="embedstream-embed")
+    bus = KafkaBus(settings.kafka, client_id="embedstream-embed", timeouts=DAEMON_TIMEOUTS)
     with daemon(settings, stop, "embed") as ctx:
         call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, version)), stop, ctx.health)
         encoder = make_encoder(settings)
@@ -100,7 +103,7 @@ def run_embed(settings: Settings, version: int, stop: threading.Event) -> None:
 
 def run_sink(settings: Settings, version: int, stop: threading.Event) -> None:
     topics = Topics(settings.kafka.topic_prefix)
-    bus = KafkaBus(settings.kafka, client_id="embedstream-sink")
+    bus = KafkaBus(settings.kafka, client_id="embedstream-sink", timeouts=DAEMON_TIMEOUTS)
     store = open_store(settings)  # fails fast if another process owns an embedded store
     with daemon(settings, stop, "sink") as ctx:
         call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, version)), stop, ctx.health)
@@ -119,7 +122,7 @@ def run_source_fs(
     settings: Settings, source: FilesystemSource, stop: threading.Event, interval_s: float
 ) -> None:
     topics = Topics(settings.kafka.topic_prefix)
-    bus = KafkaBus(settings.kafka, client_id="embedstream-source")
+    bus = KafkaBus(settings.kafka, client_id="embedstream-source", timeouts=DAEMON_TIMEOUTS)
     path = checkpoint_path(settings.state_dir / "sources", source.source, source.root)
     with daemon(settings, stop, "source") as ctx:
         call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, 1)[:1]), stop, ctx.health)

@@ -87,6 +87,22 @@ class Daemon:
                     continue
         return records
 
+    def readyz(self) -> int:
+        """HTTP status of the daemon's /readyz (0 when it does not answer)."""
+        import urllib.error
+        import urllib.request
+
+        url = next((r["http"] for r in self.log_records() if "http" in r), None)
+        if url is None:
+            return 0
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return 0
+
     def encoded(self) -> int:
         return sum(int(r.get("encoded", 0)) for r in self.log_records() if r.get("msg") == "encoded chunks")
 

@@ -158,19 +158,38 @@ def test_broker_outage_of_20_seconds_is_survived_without_restarts(deployment, ow
     deployment.produce(events[:4])
     deployment.wait_drained()
     deployment.produce(events[4:])
+    assert embed.readyz() == sink.readyz() == 200
     own_kafka_broker.stop()
-    time.sleep(20)
+    outage_ends = time.monotonic() + 20
+    not_ready = set()
+    while time.monotonic() < outage_ends:
+        not_ready |= {d.name for d in (embed, sink) if d.readyz() == 503}
+        time.sleep(0.5)
     assert embed.alive()
     assert sink.alive()
+    assert not_ready == {embed.name, sink.name}, "/readyz should report the outage"
     own_kafka_broker.restart()
     deployment.produce(edits())
     events += edits()
     deployment.wait_drained(timeout=240)
     assert embed.alive()
     assert sink.alive()
+    wait_for(lambda: embed.readyz() == sink.readyz() == 200, 60, "both daemons ready again")
     assert embed.stop() == 0
     assert sink.stop() == 0
     assert deployment.points() == deployment.expected(events)
+
+
+def test_topics_create_is_idempotent(deployment):
+    """`embedstream topics create` succeeds twice and names the three topics."""
+    cli = [sys.executable, "-m", "pipeline.cli", "topics", "create"]
+    for _ in range(2):
+        result = subprocess.run(
+            cli, capture_output=True, text=True, cwd=REPO, env=deployment.env, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+    for topic in (deployment.topics.changes, deployment.topics.vectors("docs", 1), deployment.topics.dlq):
+        assert topic in result.stdout
 
 
 def test_poison_events_land_in_the_dlq_and_later_events_are_indexed(tmp_path, kafka_settings, tiny_model):

@@ -367,3 +367,23 @@ def test_second_process_on_the_same_store_fails_fast(settings):
         assert time.monotonic() - started < 30
     finally:
         store.close()
+
+
+def test_truncated_half_precision_index_still_finds_documents(settings, docs):
+    """index.dims + float16 + int8 quantization: stored at 16 dims, search still ranks sensibly."""
+    compact = settings.model_copy(
+        update={
+            "index": settings.index.model_copy(
+                update={"dims": 16, "datatype": "float16", "quantization": "int8"}
+            )
+        }
+    )
+    pipe, _ = open_pipeline(compact)
+    try:
+        run_index(pipe, docs)
+        status = pipe.status()["versions"][0]
+        assert (status["dims"], status["datatype"], status["quantization"]) == (16, "float16", "int8")
+        exact = (docs / "birds.txt").read_text().split("\n\n")[1]
+        assert pipe.search(exact, k=1)[0].doc_id == "birds.txt"
+    finally:
+        pipe.close()

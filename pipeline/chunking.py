@@ -2,9 +2,10 @@
 
 A chunk is a span of the normalized text measured in the model's own tokens. Boundaries
 fall on paragraph (then sentence, then token) edges and are chosen from local content:
-a chunk may close after a paragraph whose hash marks it as an anchor. Greedy packing
-alone would shift every later boundary when one early paragraph grows; anchors make the
-boundaries re-synchronise right after an edit, so a local edit re-encodes only the chunks
+a paragraph whose hash marks it as an anchor always ends a chunk (a heading-sized one
+never does, so headings stay with their section). Greedy packing alone would shift every
+later boundary when one early paragraph grows; with anchors, a boundary depends only on
+the paragraphs since the previous anchor, so a local edit re-encodes only the chunks
 around it.
 """
 
@@ -113,18 +114,21 @@ def _units(text: str, tokens: Sequence[Span], starts: Sequence[int], limit: int)
         first, last = _token_range(starts, paragraph)
         if last - first <= limit:
             if last > first:
-                yield _Unit(first, last, _is_anchor(text, paragraph))
+                yield _Unit(first, last, _is_anchor(text, paragraph, last - first, limit))
             continue
         for sentence in _split(text, paragraph, _SENTENCE_END):
             s_first, s_last = _token_range(starts, sentence)
             for w_first in range(s_first, s_last, limit):
                 w_last = min(w_first + limit, s_last)
                 window = (tokens[w_first][0], tokens[w_last - 1][1])
-                yield _Unit(w_first, w_last, _is_anchor(text, window))
+                yield _Unit(w_first, w_last, _is_anchor(text, window, w_last - w_first, limit))
 
 
-def _is_anchor(text: str, span: Span) -> bool:
-    # One unit in two, chosen by content, can end a chunk early: stable under edits elsewhere.
+def _is_anchor(text: str, span: Span, size: int, limit: int) -> bool:
+    # One unit in two, chosen by its own content (stable under edits elsewhere), ends a
+    # chunk; a unit too short to stand alone (a heading, a one-liner) never does.
+    if size < max(8, limit // 8):
+        return False
     return hashlib.sha256(text[span[0] : span[1]].encode("utf-8")).digest()[0] & 1 == 0
 
 

@@ -70,6 +70,8 @@ def index_directory(
     report = ScanReport()
     total = source.count_candidates() if progress else None
     done = 0
+    if progress:
+        progress(0, total)
     for part in _slices(source.scan(checkpoint, report), SLICE):
         pipeline.process([c.event for c in part if c.event is not None])
         for change in part:

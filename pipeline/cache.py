@@ -15,8 +15,6 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.events import Matrix
-
 Vector = np.ndarray[tuple[int], np.dtype[np.float32]]
 
 _SCHEMA = """
@@ -81,9 +79,3 @@ class SqliteEmbeddingCache:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
-
-
-def stack(vectors: Sequence[Vector]) -> Matrix:
-    if not vectors:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.vstack(vectors).astype(np.float32, copy=False)

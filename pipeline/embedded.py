@@ -7,7 +7,6 @@ is configured) differ.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -188,7 +187,3 @@ def _version_status(store: VectorStore, version: IndexVersion, live: str | None)
         "documents": DocStates(store, version).live_count(),
         "points": store.count(version.collection),
     }
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False)

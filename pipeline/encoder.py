@@ -126,9 +126,11 @@ def token_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return batches
 
 
-def check_vectors(matrix: Matrix, expected_rows: int) -> Matrix:
-    if matrix.shape[0] != expected_rows or not np.isfinite(matrix).all():
-        raise InvalidVectors(f"encoder returned {matrix.shape} with non-finite values or wrong rows")
+def check_shape(matrix: Matrix, expected_rows: int) -> Matrix:
+    """One row per text. Non-finite rows are left for the embed stage to dead-letter
+    per document, so one bad text does not sink its whole batch."""
+    if matrix.ndim != 2 or matrix.shape[0] != expected_rows:
+        raise InvalidVectors(f"encoder returned shape {matrix.shape} for {expected_rows} texts")
     return matrix
 
 
@@ -193,7 +195,7 @@ class SentenceTransformerEncoder:
         merged = np.concatenate(parts)
         result = np.empty_like(merged)
         result[[i for batch in batches for i in batch]] = merged
-        return check_vectors(result, len(texts))
+        return check_shape(result, len(texts))
 
     def _token_budget(self, model: SentenceTransformer) -> int:
         # Measured: on CPU, batches past ~4k padded tokens get slower per chunk (cache

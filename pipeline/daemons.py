@@ -9,18 +9,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
 from prometheus_client import CollectorRegistry
 
-from connectors.filesystem import Checkpoint, FilesystemSource, ScanReport, checkpoint_path
+from connectors.filesystem import Change, Checkpoint, FilesystemSource, ScanReport, checkpoint_path
 from pipeline.bus import Consumer, Outgoing, Producer, TopicSpec
 from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
 from pipeline.components import make_chunker, make_encoder, open_cache, open_store
 from pipeline.http import DaemonServer
+from pipeline.indexer import slices
 from pipeline.metrics import PrometheusObserver
 from pipeline.observe import Observer
 from pipeline.settings import Settings
@@ -33,6 +34,7 @@ from pipeline.worker import Health, Worker, call_with_retry
 log = logging.getLogger(__name__)
 
 LAG_REPORT_S = 5.0
+SOURCE_SLICE = 256
 #: A lag query that gets no answer for 10 s marks the daemon not ready (/readyz 503)
 #: while it keeps retrying; the client defaults (30 s) would hide a short outage.
 DAEMON_TIMEOUTS = KafkaTimeouts(request_ms=10_000, bootstrap_ms=10_000)
@@ -131,29 +133,34 @@ def run_source_fs(
         try:
             while not stop.is_set():
                 report = ScanReport()
-                changes = list(source.scan(checkpoint, report))
-                messages = [
-                    Outgoing(topics.changes, c.event.key, c.event.to_bytes())
-                    for c in changes
-                    if c.event is not None
-                ]
-                # The checkpoint advances only once the broker has acknowledged the events.
-                call_with_retry(partial(producer.send, messages), stop, ctx.health)
-                for change in changes:
-                    checkpoint.apply(change)
-                    if change.event is not None:
-                        ctx.observer.event_out("source", change.event.op)
-                if changes:
+                # In slices, so a first scan of a huge tree never holds every text at once.
+                for part in slices(source.scan(checkpoint, report), SOURCE_SLICE):
+                    publish_changes(part, producer, topics, stop, ctx)
+                    for change in part:
+                        checkpoint.apply(change)
                     checkpoint.save(path)
-                    log.info(
-                        "source emitted %d changes", len(messages), extra={"skipped": dict(report.skipped)}
-                    )
+                if report.skipped:
+                    log.info("source skipped files", extra={"skipped": dict(report.skipped)})
                 ctx.health.last_commit = time.time()
                 ctx.observer.committed("source")
                 stop.wait(interval_s)
         finally:
             producer.close()
             bus.close()
+
+
+def publish_changes(
+    changes: Sequence[Change], producer: Producer, topics: Topics, stop: threading.Event, ctx: DaemonContext
+) -> None:
+    """Send a slice of changes; returns only once the broker acknowledged every event,
+    because the checkpoint advances right after."""
+    events = [c.event for c in changes if c.event is not None]
+    messages = [Outgoing(topics.changes, e.key, e.to_bytes()) for e in events]
+    call_with_retry(partial(producer.send, messages), stop, ctx.health)
+    for event in events:
+        ctx.observer.event_out("source", event.op)
+    if messages:
+        log.info("source emitted %d changes", len(messages))
 
 
 def _worker(ctx: DaemonContext, consumer: Consumer, producer: Producer, stage: Stage) -> Worker:

@@ -72,7 +72,7 @@ def index_directory(
     done = 0
     if progress:
         progress(0, total)
-    for part in _slices(source.scan(checkpoint, report), SLICE):
+    for part in slices(source.scan(checkpoint, report), SLICE):
         pipeline.process([c.event for c in part if c.event is not None])
         for change in part:
             checkpoint.apply(change)
@@ -99,7 +99,7 @@ def watch_directory(
         stop.wait(interval_s)
 
 
-def _slices(changes: Iterator[Change], size: int) -> Iterator[Sequence[Change]]:
+def slices(changes: Iterator[Change], size: int) -> Iterator[Sequence[Change]]:
     while part := list(itertools.islice(changes, size)):
         yield part
 

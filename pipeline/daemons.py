@@ -85,39 +85,43 @@ def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[Dae
 
 def run_embed(settings: Settings, version: int, stop: threading.Event) -> None:
     topics = Topics(settings.kafka.topic_prefix)
-    bus = KafkaBus(settings.kafka, client_id="embedstream-embed", timeouts=DAEMON_TIMEOUTS)
-    with daemon(settings, stop, "embed") as ctx:
-        call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, version)), stop, ctx.health)
-        encoder = make_encoder(settings)
-        cache = open_cache(settings)
-        stage = EmbedStage(
-            encoder, cache, make_chunker(encoder, settings), settings.limits,
-            topics.vectors(settings.index.name, version), topics.dlq, ctx.observer,
-        )  # fmt: skip
-        consumer = bus.consumer(group_id(settings, "embed", version), [topics.changes])
-        try:
-            _run_worker(_worker(ctx, consumer, bus.producer(), stage))
-        finally:
-            consumer.close()
-            cache.close()
-            bus.close()
+    encoder = make_encoder(settings)
+    cache = open_cache(settings)
+    try:
+        with daemon(settings, stop, "embed") as ctx:
+            stage = EmbedStage(
+                encoder, cache, make_chunker(encoder, settings), settings.limits,
+                topics.vectors(settings.index.name, version), topics.dlq, ctx.observer,
+            )  # fmt: skip
+            _consume(ctx, stage, version, topics.changes)
+    finally:
+        cache.close()
 
 
 def run_sink(settings: Settings, version: int, stop: threading.Event) -> None:
     topics = Topics(settings.kafka.topic_prefix)
-    bus = KafkaBus(settings.kafka, client_id="embedstream-sink", timeouts=DAEMON_TIMEOUTS)
     store = open_store(settings)  # fails fast if another process owns an embedded store
-    with daemon(settings, stop, "sink") as ctx:
-        call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, version)), stop, ctx.health)
-        stage = SinkStage(store, settings.index, version, topics.dlq, ctx.observer)
-        vectors = topics.vectors(settings.index.name, version)
-        consumer = bus.consumer(group_id(settings, "sink", version), [vectors])
+    try:
+        with daemon(settings, stop, "sink") as ctx:
+            stage = SinkStage(store, settings.index, version, topics.dlq, ctx.observer)
+            _consume(ctx, stage, version, topics.vectors(settings.index.name, version))
+    finally:
+        store.close()
+
+
+def _consume(ctx: DaemonContext, stage: Stage, version: int, topic: str) -> None:
+    """The Kafka side every consuming daemon shares: topics, group member, worker loop."""
+    settings = ctx.settings
+    bus = KafkaBus(settings.kafka, client_id=f"embedstream-{stage.name}", timeouts=DAEMON_TIMEOUTS)
+    try:
+        call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, version)), ctx.stop, ctx.health)
+        consumer = bus.consumer(group_id(settings, stage.name, version), [topic])
         try:
             _run_worker(_worker(ctx, consumer, bus.producer(), stage))
         finally:
             consumer.close()
-            store.close()
-            bus.close()
+    finally:
+        bus.close()
 
 
 def run_source_fs(

@@ -107,7 +107,9 @@ class EmbedStage:
             self._cache.put_many(fingerprint, fresh)
             log.info("encoded chunks", extra={"encoded": len(texts), "reused": plan.reused})
             crash_point("embed.after_encode")
-            tokens = sum(self._encoder.count_tokens(texts))
+            # The chunker already counted every chunk's tokens; no second tokenizer pass.
+            sizes = {c.hash: c.tokens for d in docs for c in d.chunks}
+            tokens = sum(sizes[h] for h in plan.to_encode)
             self._observer.chunks(len(fresh), plan.reused, tokens)
         elif plan.reused:
             self._observer.chunks(0, plan.reused, 0)

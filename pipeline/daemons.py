@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 from prometheus_client import CollectorRegistry
 
@@ -35,9 +34,10 @@ log = logging.getLogger(__name__)
 
 LAG_REPORT_S = 5.0
 SOURCE_SLICE = 256
-#: A lag query that gets no answer for 10 s marks the daemon not ready (/readyz 503)
-#: while it keeps retrying; the client defaults (30 s) would hide a short outage.
-DAEMON_TIMEOUTS = KafkaTimeouts(request_ms=10_000, bootstrap_ms=10_000)
+#: The lag query (every LAG_REPORT_S) is the idle daemon's broker probe: one that gets
+#: no answer in 3 s marks the daemon not ready (/readyz 503) while it keeps retrying, so
+#: an outage shows within ~8 s; the client defaults (30 s) would hide a short one.
+DAEMON_TIMEOUTS = KafkaTimeouts(request_ms=10_000, bootstrap_ms=10_000, probe_ms=3_000)
 PROGRESS_LOG_S = 30.0
 
 
@@ -71,10 +71,7 @@ def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[Dae
     health = Health()
     observer = PrometheusObserver(registry, settings.index.name)
 
-    def ready() -> tuple[bool, str]:
-        return health.ready, health.degraded or "ok"
-
-    server = DaemonServer(settings.http.addr, registry, ready).start()
+    server = DaemonServer(settings.http.addr, registry, health.readiness).start()
     log.info("%s daemon started", name, extra={"http": server.url, "index": settings.index.name})
     try:
         yield DaemonContext(settings, stop, registry, observer, health)
@@ -160,7 +157,12 @@ def publish_changes(
     because the checkpoint advances right after."""
     events = [c.event for c in changes if c.event is not None]
     messages = [Outgoing(topics.changes, e.key, e.to_bytes()) for e in events]
-    call_with_retry(partial(producer.send, messages), stop, ctx.health)
+
+    def send() -> None:
+        with ctx.health.awaiting("produce"):
+            producer.send(messages)
+
+    call_with_retry(send, stop, ctx.health)
     for event in events:
         ctx.observer.event_out("source", event.op)
     if messages:

@@ -12,7 +12,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -39,17 +40,46 @@ def is_retryable(error: BaseException) -> bool:
     return isinstance(error, EmbedstreamError) and error.retryable
 
 
+#: A broker call outstanding this long means the broker is not answering: /readyz says
+#: so at once instead of after the client's own timeout (a send waits for acks up to the
+#: delivery timeout, minutes by default).
+STALL_S = 5.0
+
+
 @dataclass
 class Health:
-    """What ``/readyz`` reports: ready unless a transient fault is being retried."""
+    """What ``/readyz`` reports: ready unless a transient fault is being retried or a
+    broker call has been waiting longer than :data:`STALL_S`."""
 
     degraded: str | None = None
     last_commit: float = 0.0
     started: float = field(default_factory=time.time)
+    #: The broker call in flight and when it began (monotonic), if any.
+    waiting: tuple[str, float] | None = None
 
     @property
     def ready(self) -> bool:
-        return self.degraded is None
+        return self.readiness()[0]
+
+    def readiness(self, now: float | None = None) -> tuple[bool, str]:
+        if self.degraded is not None:
+            return False, self.degraded
+        waiting = self.waiting  # one read: the worker thread may reset it meanwhile
+        if waiting is not None:
+            op, since = waiting
+            waited = (time.monotonic() if now is None else now) - since
+            if waited > STALL_S:
+                return False, f"{op}: no answer from the broker for {waited:.0f} s"
+        return True, "ok"
+
+    @contextmanager
+    def awaiting(self, op: str) -> Iterator[None]:
+        """Mark a broker call in flight for the length of the block."""
+        self.waiting = (op, time.monotonic())
+        try:
+            yield
+        finally:
+            self.waiting = None
 
 
 class Worker:
@@ -82,10 +112,10 @@ class Worker:
         with self._consumer.processing():  # a slow batch must not get this worker evicted
             out = self._retry(lambda: self._stage.handle(records))
             if out:
-                self._retry(lambda: self._producer.send(out))
+                self._retry(lambda: self._awaited("produce", lambda: self._producer.send(out)))
         crash_point(f"{self._stage.name}.before_commit")
         try:
-            self._retry(lambda: self._consumer.commit(records))
+            self._retry(lambda: self._awaited("commit", lambda: self._consumer.commit(records)))
         except CommitLost as exc:
             # The output is durable; the partitions' new owner redelivers this batch and
             # idempotent writes absorb the repeat, so crashing would only add a restart.
@@ -104,13 +134,17 @@ class Worker:
                 on_idle()
 
     def report_lag(self) -> dict[tuple[str, int], int]:
-        lag = self._retry(self._consumer.lag)
+        lag = self._retry(lambda: self._awaited("lag", self._consumer.lag))
         for (topic, partition), value in lag.items():
             self._observer.lag(self._stage.name, topic, partition, value)
         return lag
 
     def _retry(self, call: Callable[[], T]) -> T:
         return call_with_retry(call, self.stop, self.health, self._observer, self._stage.name)
+
+    def _awaited(self, op: str, call: Callable[[], T]) -> T:
+        with self.health.awaiting(op):
+            return call()
 
 
 def call_with_retry(

@@ -60,11 +60,18 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def own_kafka_broker(request: pytest.FixtureRequest) -> Any:
-    """The session broker, for tests that stop or restart it; skips on an external one."""
+def own_kafka_broker(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The session broker, for tests that stop or restart it; skips on an external one.
+
+    A test that fails while the broker is down leaves it down; it is started again
+    here so that one failure does not fail every later Kafka test of the session.
+    """
     if os.environ.get(BOOTSTRAP_ENV):
         pytest.skip(f"{BOOTSTRAP_ENV} is set: the broker is not ours to stop")
-    return request.getfixturevalue("kafka_broker")
+    broker = request.getfixturevalue("kafka_broker")
+    yield broker
+    if not broker.is_running():
+        broker.start(timeout_s=120)
 
 
 @pytest.fixture

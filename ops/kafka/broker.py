@@ -221,7 +221,7 @@ class KafkaBroker:
         """Whether the broker JVM is alive (not necessarily ready)."""
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout_s: float = 60) -> None:
+    def start(self, timeout_s: float = 120) -> None:
         """Start the broker and return once clients can use it.
 
         Ready means: the client port accepts TCP, the log says the server
@@ -280,7 +280,7 @@ class KafkaBroker:
             proc.wait()
         self._reap()
 
-    def restart(self, timeout_s: float = 60) -> None:
+    def restart(self, timeout_s: float = 120) -> None:
         """Stop (if running) and start again on the same ports and data (no format)."""
         self.stop()
         self.start(timeout_s)

@@ -87,6 +87,10 @@ class KafkaTimeouts:
     max_poll_interval_ms: int = 300_000
     #: Reconnect quickly after a broker restart instead of backing off to 30 s.
     reconnect_backoff_max_ms: int = 1_000
+    #: Bound on the lag query. It doubles as the daemons' broker probe (an idle
+    #: consumer's poll just returns nothing while the broker is down), so it is kept
+    #: well under ``request_ms``: an outage shows on /readyz within seconds.
+    probe_ms: int = 5_000
 
 
 class KafkaBus:
@@ -109,7 +113,9 @@ class KafkaBus:
 
     def consumer(self, group: str, topics: Sequence[str]) -> KafkaConsumerAdapter:
         keepalive_s = min(1.0, self._timeouts.max_poll_interval_ms / 3000)
-        return KafkaConsumerAdapter(lambda: self._new_consumer(group), group, topics, keepalive_s)
+        return KafkaConsumerAdapter(
+            lambda: self._new_consumer(group), group, topics, keepalive_s, self._timeouts.probe_ms
+        )
 
     def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
         """Create missing topics; existing ones are left as they are (idempotent)."""
@@ -294,11 +300,13 @@ class KafkaConsumerAdapter:
         group: str,
         topics: Sequence[str],
         keepalive_s: float,
+        probe_ms: int = KafkaTimeouts.probe_ms,
     ) -> None:
         self._factory = factory
         self._group = group
         self._topics = list(topics)
         self._keepalive_s = keepalive_s
+        self._probe_ms = probe_ms
         self._lock = threading.RLock()
         self._consumer: Any = None
 
@@ -341,10 +349,11 @@ class KafkaConsumerAdapter:
             assigned = sorted(consumer.assignment())
             if not assigned:
                 return {}
-            ends = consumer.end_offsets(assigned)
-            starts = consumer.beginning_offsets(assigned)
+            ends = consumer.end_offsets(assigned, timeout_ms=self._probe_ms)
+            starts = consumer.beginning_offsets(assigned, timeout_ms=self._probe_ms)
             return {
-                (tp.topic, tp.partition): ends[tp] - _committed(consumer, tp, starts[tp]) for tp in assigned
+                (tp.topic, tp.partition): ends[tp] - _committed(consumer, tp, starts[tp], self._probe_ms)
+                for tp in assigned
             }
 
     @contextlib.contextmanager
@@ -401,10 +410,10 @@ def _record(raw: Any) -> Record:
     )
 
 
-def _committed(consumer: Any, tp: Any, log_start: int) -> int:
+def _committed(consumer: Any, tp: Any, log_start: int, timeout_ms: int) -> int:
     # Nothing committed yet means the whole log is still to do (as a new owner would see
     # it with auto_offset_reset=earliest), not just what this member has not fetched.
-    committed = consumer.committed(tp)
+    committed = consumer.committed(tp, timeout_ms=timeout_ms)
     return int(committed) if committed is not None else int(log_start)
 
 

@@ -235,3 +235,45 @@ def test_commit_lost_is_logged_not_retried_or_raised() -> None:
     assert observer.commits == []
     assert observer.errors == [("flaky", "commit_lost")]
     assert worker.health.last_commit == 0.0
+
+
+# ---------------------------------------------------------------- readiness
+
+
+def test_a_broker_call_waiting_past_the_stall_bound_makes_the_worker_not_ready() -> None:
+    """A send blocked on acks (the broker just went away) shows on /readyz before any timeout fires."""
+    health = Health()
+    with health.awaiting("produce"):
+        started = health.waiting[1] if health.waiting else 0.0
+        assert health.readiness(now=started + 1) == (True, "ok")
+        ready, detail = health.readiness(now=started + worker_module.STALL_S + 2)
+        assert not ready
+        assert detail.startswith("produce: no answer from the broker")
+    assert health.waiting is None
+    assert health.ready
+
+
+def test_worker_marks_its_produce_and_commit_calls_as_awaited() -> None:
+    """The worker's broker calls (not the stage's own work) are the ones a stall is measured on."""
+    stage = FlakyStage()
+    bus, worker, _ = setup(stage)
+    seen: list[str | None] = []
+    stage.on_call.append(lambda: seen.append(worker.health.waiting and worker.health.waiting[0]))
+    producer, consumer = bus.producer(), worker._consumer
+    original_send, original_commit = producer.send, consumer.commit
+
+    def send(messages: Sequence[Outgoing]) -> None:
+        seen.append(worker.health.waiting and worker.health.waiting[0])
+        original_send(messages)
+
+    def commit(records: Sequence[Record]) -> None:
+        seen.append(worker.health.waiting and worker.health.waiting[0])
+        original_commit(records)
+
+    worker._producer = producer
+    producer.send = send  # type: ignore[method-assign]
+    consumer.commit = commit  # type: ignore[method-assign]
+    while worker.run_batch():
+        pass
+    assert seen[:3] == [None, "produce", "commit"]
+    assert worker.health.waiting is None

@@ -41,6 +41,7 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_STORE_LOCKED = 4
 EXIT_UNAVAILABLE = 5
+EXIT_DRAIN_TIMEOUT = 6
 EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("embedstream")
@@ -186,7 +187,7 @@ def watch(
         with (
             EmbeddedPipeline(settings, observer=observer) as pipeline,
             serve_pipeline(pipeline, registry, http or settings.http.addr) as url,
-            _stop_on_signals(stop),
+            _stop_on_signals(stop, settings.drain_timeout_s),
         ):
             err.print(f"watching {path} (every {interval}s); queries served at {url}; Ctrl-C to stop")
 
@@ -328,12 +329,12 @@ def daemon_settings(
     return settings.model_copy(update=updates) if updates else settings
 
 
-def run_daemon(body: Callable[[threading.Event], None]) -> None:
+def run_daemon(settings: Settings, body: Callable[[threading.Event], None]) -> None:
     """Run a daemon until SIGTERM/SIGINT; the batch in flight finishes and is committed."""
     stop = threading.Event()
 
     def action() -> None:
-        with _stop_on_signals(stop):
+        with _stop_on_signals(stop, settings.drain_timeout_s):
             body(stop)
 
     run(action)
@@ -379,7 +380,7 @@ def source_fs(
 
     settings = daemon_settings(config, state_dir, None, None, http, bootstrap)
     src = _source(path, source, include, exclude, settings)
-    run_daemon(lambda stop: run_source_fs(settings, src, stop, interval))
+    run_daemon(settings, lambda stop: run_source_fs(settings, src, stop, interval))
 
 
 @app.command()
@@ -396,7 +397,7 @@ def embed(
     from pipeline.daemons import run_embed
 
     settings = daemon_settings(config, state_dir, index_name, model, http, bootstrap)
-    run_daemon(lambda stop: run_embed(settings, version, stop))
+    run_daemon(settings, lambda stop: run_embed(settings, version, stop))
 
 
 @app.command()
@@ -412,7 +413,7 @@ def sink(
     from pipeline.daemons import run_sink
 
     settings = daemon_settings(config, state_dir, index_name, None, http, bootstrap)
-    run_daemon(lambda stop: run_sink(settings, version, stop))
+    run_daemon(settings, lambda stop: run_sink(settings, version, stop))
 
 
 @dlq_app.command("list")
@@ -529,20 +530,50 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int | None], None] | Non
         yield update
 
 
+_REDONE = "the uncommitted work in flight is done again after a restart"
+
+
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop``: the pass in progress finishes, then we exit."""
+def _stop_on_signals(stop: threading.Event, drain_timeout_s: float) -> Iterator[None]:
+    """The first SIGINT/SIGTERM sets ``stop``: the pass or batch in flight finishes and is
+    committed, then we exit. A second signal, or a drain longer than ``drain_timeout_s``,
+    exits at once: the uncommitted batch is redelivered, so nothing is lost either way."""
+    deadline: threading.Timer | None = None
 
     def handler(signum: int, _frame: object) -> None:
-        err.print(f"received {signal.Signals(signum).name}, finishing the current pass…")
+        nonlocal deadline
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            _exit_now(EXIT_INTERRUPTED, f"second {name}: exiting now; {_REDONE}")
         stop.set()
+        err.print(
+            f"received {name}, finishing the current pass "
+            f"(at most {drain_timeout_s:g} s; send it again to exit now)…"
+        )
+        message = f"drain took over {drain_timeout_s:g} s: exiting now; {_REDONE}"
+        deadline = threading.Timer(drain_timeout_s, _exit_now, (EXIT_DRAIN_TIMEOUT, message))
+        deadline.daemon = True
+        deadline.start()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
+        if deadline is not None:
+            deadline.cancel()
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _exit_now(code: int, message: str) -> None:
+    """Leave without unwinding: the thread doing the work may be stuck in a call that
+    never returns. Nothing uncommitted is lost (at-least-once redelivery)."""
+    log.error(message)
+    err.print(f"[red]{message}[/]")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def main() -> None:  # the console script

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(Path(".embedstream"), description="Embedded store, cache, checkpoints")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    drain_timeout_s: float = Field(
+        60.0, gt=0, description="Longest SIGTERM drain of a daemon or watch before it exits uncommitted"
+    )
     model: ModelSettings = ModelSettings()
     chunking: ChunkingSettings = ChunkingSettings()
     limits: LimitsSettings = LimitsSettings()

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from prometheus_client import CollectorRegistry
@@ -565,7 +565,7 @@ def _stop_on_signals(stop: threading.Event, drain_timeout_s: float) -> Iterator[
             signal.signal(sig, old)
 
 
-def _exit_now(code: int, message: str) -> None:
+def _exit_now(code: int, message: str) -> NoReturn:
     """Leave without unwinding: the thread doing the work may be stuck in a call that
     never returns. Nothing uncommitted is lost (at-least-once redelivery)."""
     log.error(message)

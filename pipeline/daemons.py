@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 
@@ -157,12 +158,7 @@ def publish_changes(
     because the checkpoint advances right after."""
     events = [c.event for c in changes if c.event is not None]
     messages = [Outgoing(topics.changes, e.key, e.to_bytes()) for e in events]
-
-    def send() -> None:
-        with ctx.health.awaiting("produce"):
-            producer.send(messages)
-
-    call_with_retry(send, stop, ctx.health)
+    call_with_retry(partial(producer.send, messages), stop, ctx.health, awaiting="produce")
     for event in events:
         ctx.observer.event_out("source", event.op)
     if messages:

@@ -112,10 +112,10 @@ class Worker:
         with self._consumer.processing():  # a slow batch must not get this worker evicted
             out = self._retry(lambda: self._stage.handle(records))
             if out:
-                self._retry(lambda: self._awaited("produce", lambda: self._producer.send(out)))
+                self._retry(lambda: self._producer.send(out), awaiting="produce")
         crash_point(f"{self._stage.name}.before_commit")
         try:
-            self._retry(lambda: self._awaited("commit", lambda: self._consumer.commit(records)))
+            self._retry(lambda: self._consumer.commit(records), awaiting="commit")
         except CommitLost as exc:
             # The output is durable; the partitions' new owner redelivers this batch and
             # idempotent writes absorb the repeat, so crashing would only add a restart.
@@ -134,17 +134,15 @@ class Worker:
                 on_idle()
 
     def report_lag(self) -> dict[tuple[str, int], int]:
-        lag = self._retry(lambda: self._awaited("lag", self._consumer.lag))
+        lag = self._retry(self._consumer.lag, awaiting="lag")
         for (topic, partition), value in lag.items():
             self._observer.lag(self._stage.name, topic, partition, value)
         return lag
 
-    def _retry(self, call: Callable[[], T]) -> T:
-        return call_with_retry(call, self.stop, self.health, self._observer, self._stage.name)
-
-    def _awaited(self, op: str, call: Callable[[], T]) -> T:
-        with self.health.awaiting(op):
-            return call()
+    def _retry(self, call: Callable[[], T], awaiting: str | None = None) -> T:
+        return call_with_retry(
+            call, self.stop, self.health, self._observer, self._stage.name, awaiting=awaiting
+        )
 
 
 def call_with_retry(
@@ -153,12 +151,21 @@ def call_with_retry(
     health: Health,
     observer: Observer | None = None,
     name: str = "worker",
+    *,
+    awaiting: str | None = None,
 ) -> T:
     """Run ``call``, retrying retryable errors until it succeeds or ``stop`` is set.
 
     Health reports degraded while retrying; a stop request cuts a backoff short and
-    re-raises the last error, so nothing after it (a commit) runs.
+    re-raises the last error, so nothing after it (a commit) runs. ``awaiting`` names a
+    broker call: each attempt is then marked in flight, so a stall shows on /readyz.
     """
+
+    def attempt() -> T:
+        if awaiting is None:
+            return call()
+        with health.awaiting(awaiting):
+            return call()
 
     def degraded(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -179,7 +186,7 @@ def call_with_retry(
         before_sleep=degraded,
         reraise=True,
     )
-    result = retrying(call)
+    result = retrying(attempt)
     if health.degraded is not None:
         log.info("%s recovered", name)
         health.degraded = None

@@ -300,7 +300,7 @@ class KafkaConsumerAdapter:
         group: str,
         topics: Sequence[str],
         keepalive_s: float,
-        probe_ms: int = KafkaTimeouts.probe_ms,
+        probe_ms: int,
     ) -> None:
         self._factory = factory
         self._group = group

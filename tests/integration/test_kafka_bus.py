@@ -69,15 +69,22 @@ def positions(records: Sequence[Record]) -> set[tuple[int, int]]:
     return {(r.partition, r.offset) for r in records}
 
 
+def five_polled_records(
+    bus: KafkaBus, settings: KafkaSettings, poll_until: PollUntil
+) -> tuple[str, str, Consumer, list[Record]]:
+    """A topic with five records, and a group member that has polled them all."""
+    events = make_topic(bus, settings, "events")
+    group = f"{settings.topic_prefix}.slow"
+    send(bus, [Outgoing(events, f"k{i}", b"old") for i in range(5)])
+    worker = bus.consumer(group, [events])
+    return events, group, worker, poll_until(worker, at_least(5))
+
+
 def test_long_batch_inside_processing_keeps_its_partitions(
     slow_bus: KafkaBus, kafka_settings: KafkaSettings, poll_until: PollUntil
 ):
     """A batch slower than max_poll_interval_ms inside processing() still commits, once."""
-    events = make_topic(slow_bus, kafka_settings, "events")
-    group = f"{kafka_settings.topic_prefix}.slow"
-    send(slow_bus, [Outgoing(events, f"k{i}", b"old") for i in range(5)])
-    worker = slow_bus.consumer(group, [events])
-    batch = poll_until(worker, at_least(5))
+    events, group, worker, batch = five_polled_records(slow_bus, kafka_settings, poll_until)
 
     with worker.processing():
         time.sleep(SLOWER_THAN_POLL_INTERVAL_S)
@@ -96,11 +103,7 @@ def test_long_batch_without_processing_loses_its_commit(
     slow_bus: KafkaBus, kafka_settings: KafkaSettings, poll_until: PollUntil
 ):
     """Without processing() the same slow batch gets the worker evicted and redelivered."""
-    events = make_topic(slow_bus, kafka_settings, "events")
-    group = f"{kafka_settings.topic_prefix}.slow"
-    send(slow_bus, [Outgoing(events, f"k{i}", b"old") for i in range(5)])
-    worker = slow_bus.consumer(group, [events])
-    batch = poll_until(worker, at_least(5))
+    events, group, worker, batch = five_polled_records(slow_bus, kafka_settings, poll_until)
 
     time.sleep(SLOWER_THAN_POLL_INTERVAL_S)
     with pytest.raises(CommitLost):

@@ -11,7 +11,8 @@
     │   ├── InvalidEvent          bad JSON, schema violation, unknown schema_version
     │   ├── DocumentTooLarge      text over ``limits.max_doc_bytes`` / chunk cap
     │   ├── EmptyDocument         nothing left after normalization
-    │   └── InvalidVectors        NaN/inf or wrong dimension from the encoder
+    │   ├── InvalidVectors        NaN/inf or wrong dimension from the encoder
+    │   └── StoreRejected         the store refused this document's write (4xx, validation)
     └── FatalError                the process cannot go on: exit with a clear message
         ├── ConfigError           settings that contradict each other or the model
         ├── StoreLocked           another process owns the embedded store
@@ -81,6 +82,12 @@ class EmptyDocument(PoisonError):
 
 class InvalidVectors(PoisonError):
     reason = "invalid_vectors"
+
+
+class StoreRejected(PoisonError):
+    """The store answered that this write can never succeed (validation error, 4xx)."""
+
+    reason = "store_rejected"
 
 
 class FatalError(EmbedstreamError):

@@ -13,6 +13,11 @@ from typing import Any, Literal, Protocol
 
 Scalar = str | int | bool
 
+#: Payload fields every point of an index carries: which document it belongs to, and the
+#: document version that wrote it. Guarded writes and sweeps are expressed over them.
+DOC_KEY = "doc_key"
+VERSION = "version"
+
 
 @dataclass(frozen=True)
 class CollectionSpec:
@@ -26,6 +31,20 @@ class PointWrite:
     id: str
     vector: Sequence[float]
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A document's points written at or below ``version``, except ``keep``.
+
+    What a write of that version supersedes: deleting it after writing the current chunks
+    leaves exactly the current chunks, whatever earlier (or crashed) attempts wrote, and
+    never a point a newer version wrote.
+    """
+
+    doc_key: str
+    version: int
+    keep: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -51,9 +70,19 @@ class VectorStore(Protocol):
 
     def drop_collection(self, name: str) -> None: ...
 
-    def upsert(self, name: str, points: Sequence[PointWrite]) -> None: ...
+    def upsert(self, name: str, points: Sequence[PointWrite], *, guarded: bool = False) -> None:
+        """Write points. ``guarded``: a stored point whose payload ``version`` is higher than
+        the new point's is left as it is, atomically per point, so a writer that lost its
+        partition cannot regress what a newer writer stored."""
+
+    def set_payload(self, name: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        """Merge ``payload`` into the points ``ids`` (no vector write), guarded like
+        :meth:`upsert` by ``payload[VERSION]``."""
 
     def delete(self, name: str, ids: Sequence[str]) -> None: ...
+
+    def sweep(self, name: str, sweeps: Sequence[Sweep]) -> int:
+        """Delete what each sweep selects (by payload, not by remembered ids); returns how many."""
 
     def retrieve(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Payloads of the ids that exist."""

@@ -17,8 +17,8 @@ from typing import IO, Any
 
 import qdrant_edge as qe
 
-from pipeline.errors import StoreLocked, StoreUnavailable
-from pipeline.store import CollectionSpec, Hit, PointWrite, Scalar, SearchOptions
+from pipeline.errors import ConfigError, StoreLocked, StoreRejected, StoreUnavailable
+from pipeline.store import DOC_KEY, VERSION, CollectionSpec, Hit, PointWrite, Scalar, SearchOptions, Sweep
 
 _DATATYPES = {"float32": qe.VectorStorageDatatype.Float32, "float16": qe.VectorStorageDatatype.Float16}
 
@@ -39,7 +39,11 @@ class EdgeStore:
             return
         if path.exists():
             shutil.rmtree(path)  # a create that crashed half-way: nothing was acknowledged
-        self._shards[name] = _call(qe.EdgeShard.create, str(path), _config(spec))
+        shard = self._shards[name] = _call(qe.EdgeShard.create, str(path), _config(spec))
+        # Sweeps and guarded writes filter on these two fields: index them.
+        _call(shard.update, qe.UpdateOperation.create_field_index(DOC_KEY, qe.PayloadSchemaType.Keyword))
+        _call(shard.update, qe.UpdateOperation.create_field_index(VERSION, qe.PayloadSchemaType.Integer))
+        _call(shard.flush)
         (path / "spec.json").write_text(json.dumps(spec.__dict__))
 
     def drop_collection(self, name: str) -> None:
@@ -48,14 +52,30 @@ class EdgeStore:
             shard.close()
         shutil.rmtree(self._root / name, ignore_errors=True)
 
-    def upsert(self, name: str, points: Sequence[PointWrite]) -> None:
+    def upsert(self, name: str, points: Sequence[PointWrite], *, guarded: bool = False) -> None:
         if points:
             edge_points = [qe.Point(p.id, list(p.vector), p.payload) for p in points]
-            _call(self._shard(name).update, qe.UpdateOperation.upsert_points(edge_points))
+            condition = _guard(points) if guarded else None
+            _call(self._shard(name).update, qe.UpdateOperation.upsert_points(edge_points, condition))
+
+    def set_payload(self, name: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        if ids:
+            selected = qe.Filter(must=[qe.HasIdCondition(set(ids)), _at_most(int(payload[VERSION]))])
+            _call(self._shard(name).update, qe.UpdateOperation.set_payload_by_filter(selected, payload))
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
             _call(self._shard(name).update, qe.UpdateOperation.delete_points(list(ids)))
+
+    def sweep(self, name: str, sweeps: Sequence[Sweep]) -> int:
+        if not sweeps:
+            return 0
+        shard = self._shard(name)
+        selected = qe.Filter(should=[_swept(s) for s in sweeps])
+        found = int(_call(shard.count, qe.CountRequest(exact=True, filter=selected)))
+        if found:
+            _call(shard.update, qe.UpdateOperation.delete_points_by_filter(selected))
+        return found
 
     def retrieve(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not ids:
@@ -116,7 +136,21 @@ class EdgeStore:
 
     def _aliases(self) -> dict[str, str]:
         path = self._root / "aliases.json"
-        return dict(json.loads(path.read_text())) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            aliases = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            aliases = exc
+        if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+            msg = (
+                f"{path} is corrupt ({aliases if isinstance(aliases, Exception) else 'not a name map'}); "
+                'rewrite it as {"<index>": "<index>__v<N>"} naming the live collection '
+                f"(the collections are the folders in {self._root}), or delete it and re-run "
+                "`embedstream index` to recreate the alias"
+            )
+            raise ConfigError(msg)
+        return {str(k): v for k, v in aliases.items()}
 
     def _shard(self, name: str) -> qe.EdgeShard:
         shard = self._shards.get(name)
@@ -169,12 +203,39 @@ def _filter(filters: Mapping[str, Scalar] | None) -> qe.Filter | None:
     return qe.Filter(must=[qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in filters.items()])
 
 
+def _guard(points: Sequence[PointWrite]) -> qe.Filter:
+    """Stored points may be overwritten only by an equal or newer version of their document."""
+    by_version: dict[int, set[qe.PointId]] = {}
+    for point in points:
+        by_version.setdefault(int(point.payload[VERSION]), set()).add(point.id)
+    return qe.Filter(
+        should=[qe.Filter(must=[qe.HasIdCondition(ids), _at_most(v)]) for v, ids in by_version.items()]
+    )
+
+
+def _at_most(version: int) -> qe.FieldCondition:
+    return qe.FieldCondition(VERSION, range=qe.RangeFloat(lte=float(version)))
+
+
+def _swept(sweep: Sweep) -> qe.Filter:
+    return qe.Filter(
+        must=[qe.FieldCondition(DOC_KEY, match=qe.MatchValue(sweep.doc_key)), _at_most(sweep.version)],
+        must_not=[qe.HasIdCondition(set(sweep.keep))] if sweep.keep else None,
+    )
+
+
+#: Engine messages that mean "this input is wrong", not "the engine is unwell".
+_REJECTIONS = ("dimension error", "dimension cannot be", "wrong input", "validation", "bad request")
+
+
 def _call(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
     except (OSError, RuntimeError) as exc:
         raise StoreUnavailable(f"embedded Qdrant engine: {exc}") from exc
     except Exception as exc:  # the bindings raise bare Exception for engine errors
-        if type(exc) is Exception:
-            raise StoreUnavailable(f"embedded Qdrant engine: {exc}") from exc
-        raise
+        if type(exc) is not Exception:
+            raise
+        if any(marker in str(exc).lower() for marker in _REJECTIONS):
+            raise StoreRejected(f"embedded Qdrant engine rejected the write: {exc}") from exc
+        raise StoreUnavailable(f"embedded Qdrant engine: {exc}") from exc

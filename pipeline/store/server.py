@@ -15,7 +15,7 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from pipeline.errors import StoreUnavailable
-from pipeline.store import CollectionSpec, Hit, PointWrite, Scalar, SearchOptions
+from pipeline.store import DOC_KEY, VERSION, CollectionSpec, Hit, PointWrite, Scalar, SearchOptions, Sweep
 
 T = TypeVar("T")
 _DATATYPES = {"float32": qm.Datatype.FLOAT32, "float16": qm.Datatype.FLOAT16}
@@ -49,14 +49,33 @@ class ServerStore:
             ),
             quantization_config=_quantization(spec),
         )
+        # Sweeps and guarded writes filter on these two fields: index them.
+        indexed = ((DOC_KEY, qm.PayloadSchemaType.KEYWORD), (VERSION, qm.PayloadSchemaType.INTEGER))
+        for field, schema in indexed:
+            _call(self._client.create_payload_index, name, field_name=field, field_schema=schema, wait=True)
 
     def drop_collection(self, name: str) -> None:
         _call(self._client.delete_collection, name)
 
-    def upsert(self, name: str, points: Sequence[PointWrite]) -> None:
+    def upsert(self, name: str, points: Sequence[PointWrite], *, guarded: bool = False) -> None:
         if points:
             structs = [qm.PointStruct(id=p.id, vector=list(p.vector), payload=p.payload) for p in points]
-            _call(self._client.upsert, name, points=structs, wait=True)
+            condition = _guard(points) if guarded else None
+            _call(self._client.upsert, name, points=structs, update_filter=condition, wait=True)
+
+    def set_payload(self, name: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
+        if ids:
+            selected = qm.Filter(must=[qm.HasIdCondition(has_id=list(ids)), _at_most(int(payload[VERSION]))])
+            _call(self._client.set_payload, name, payload=payload, points=selected, wait=True)
+
+    def sweep(self, name: str, sweeps: Sequence[Sweep]) -> int:
+        if not sweeps:
+            return 0
+        selected = qm.Filter(should=[_swept(s) for s in sweeps])
+        found = int(_call(self._client.count, name, count_filter=selected, exact=True).count)
+        if found:
+            _call(self._client.delete, name, points_selector=qm.FilterSelector(filter=selected), wait=True)
+        return found
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
@@ -130,6 +149,32 @@ def _filter(filters: Mapping[str, Scalar] | None) -> qm.Filter | None:
         qm.FieldCondition(key=k, match=qm.MatchValue(value=v)) for k, v in filters.items()
     ]
     return qm.Filter(must=conditions)
+
+
+def _guard(points: Sequence[PointWrite]) -> qm.Filter:
+    """Stored points may be overwritten only by an equal or newer version of their document."""
+    by_version: dict[int, list[str]] = {}
+    for point in points:
+        by_version.setdefault(int(point.payload[VERSION]), []).append(point.id)
+    clauses: list[Any] = [
+        qm.Filter(must=[qm.HasIdCondition(has_id=list(ids)), _at_most(v)]) for v, ids in by_version.items()
+    ]
+    return qm.Filter(should=clauses)
+
+
+def _at_most(version: int) -> qm.FieldCondition:
+    return qm.FieldCondition(key=VERSION, range=qm.Range(lte=version))
+
+
+def _swept(sweep: Sweep) -> qm.Filter:
+    keep: list[Any] = [qm.HasIdCondition(has_id=list(sweep.keep))] if sweep.keep else []
+    return qm.Filter(
+        must=[
+            qm.FieldCondition(key=DOC_KEY, match=qm.MatchValue(value=sweep.doc_key)),
+            _at_most(sweep.version),
+        ],
+        must_not=keep or None,
+    )
 
 
 def _quantization(spec: CollectionSpec) -> Any:

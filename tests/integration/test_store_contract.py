@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.store import CollectionSpec, PointWrite, SearchOptions, VectorStore
+from pipeline.store import CollectionSpec, PointWrite, SearchOptions, Sweep, VectorStore
 from pipeline.store.edge import EdgeStore
 from pipeline.store.server import ServerStore
 
@@ -108,3 +108,54 @@ def test_edge_store_data_survives_reopen(tmp_path):
         assert second.get_alias("docs") == "c"
     finally:
         second.close()
+
+
+def versioned(doc: str, version: int, indices: range) -> list[PointWrite]:
+    return [
+        PointWrite(
+            str(uuid.uuid5(uuid.NAMESPACE_URL, f"{doc}{i}")),
+            unit(i),
+            {"doc_key": doc, "version": version, "metadata": {"n": i}},
+        )
+        for i in indices
+    ]
+
+
+def test_guarded_upsert_never_overwrites_a_newer_version(store):
+    """A guarded write skips points a newer version stored and still inserts new ones."""
+    store.create_collection("c", CollectionSpec(8))
+    store.upsert("c", versioned("a", 5, range(3)))
+    store.upsert("c", versioned("a", 3, range(5)), guarded=True)
+    versions = {p["metadata"]["n"]: p["version"] for p in store.retrieve("c", store.scroll_ids("c")).values()}
+    assert versions == {0: 5, 1: 5, 2: 5, 3: 3, 4: 3}
+    store.upsert("c", versioned("a", 5, range(1)) + versioned("a", 7, range(1, 2)), guarded=True)
+    versions = {p["metadata"]["n"]: p["version"] for p in store.retrieve("c", store.scroll_ids("c")).values()}
+    assert versions == {0: 5, 1: 7, 2: 5, 3: 3, 4: 3}
+
+
+def test_set_payload_is_guarded_by_version(store):
+    """A payload update lands on points of an equal or older version only."""
+    store.create_collection("c", CollectionSpec(8))
+    old, new = versioned("a", 2, range(2)), versioned("a", 9, range(2, 3))
+    store.upsert("c", old + new)
+    store.set_payload("c", [p.id for p in old + new], {"version": 4, "metadata": {"tag": "x"}})
+    payloads = store.retrieve("c", [p.id for p in old + new])
+    assert [payloads[p.id]["version"] for p in old + new] == [4, 4, 9]
+    assert payloads[new[0].id]["metadata"] == {"n": 2}
+    assert payloads[old[0].id]["metadata"] == {"tag": "x"}
+
+
+def test_sweep_deletes_a_documents_superseded_points_only(store):
+    """A sweep removes the document's points at or below its version except the kept ids,
+    and never another document's points or a newer version's."""
+    store.create_collection("c", CollectionSpec(8))
+    current = versioned("a", 4, range(2))
+    ghosts = versioned("a", 3, range(2, 5))
+    newer = versioned("a", 6, range(5, 6))
+    other = versioned("b", 1, range(7, 9))
+    store.upsert("c", current + ghosts + newer + other)
+    deleted = store.sweep("c", [Sweep("a", 4, frozenset(p.id for p in current)), Sweep("zzz", 9)])
+    assert deleted == 3
+    assert set(store.scroll_ids("c")) == {p.id for p in current + newer + other}
+    assert store.sweep("c", [Sweep("b", 1)]) == 2
+    assert set(store.scroll_ids("c")) == {p.id for p in current + newer}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 Scalar = str | int | bool
+Scrolled = tuple[str, dict[str, Any]]  # a point's id and payload
 
 #: Payload fields every point of an index carries: which document it belongs to, and the
 #: document version that wrote it. Guarded writes and sweeps are expressed over them.
@@ -92,6 +93,9 @@ class VectorStore(Protocol):
     def count(self, name: str, filters: Mapping[str, Scalar] | None = None) -> int: ...
 
     def scroll_ids(self, name: str) -> list[str]: ...
+
+    def scroll(self, name: str, filters: Mapping[str, Scalar] | None = None) -> list[Scrolled]:
+        """Every point (id, payload) matching ``filters``."""
 
     def get_alias(self, alias: str) -> str | None: ...
 

@@ -18,7 +18,17 @@ from typing import IO, Any
 import qdrant_edge as qe
 
 from pipeline.errors import ConfigError, StoreLocked, StoreRejected, StoreUnavailable
-from pipeline.store import DOC_KEY, VERSION, CollectionSpec, Hit, PointWrite, Scalar, SearchOptions, Sweep
+from pipeline.store import (
+    DOC_KEY,
+    VERSION,
+    CollectionSpec,
+    Hit,
+    PointWrite,
+    Scalar,
+    Scrolled,
+    SearchOptions,
+    Sweep,
+)
 
 _DATATYPES = {"float32": qe.VectorStorageDatatype.Float32, "float16": qe.VectorStorageDatatype.Float16}
 
@@ -105,14 +115,22 @@ class EdgeStore:
         return int(_call(self._shard(name).count, request))
 
     def scroll_ids(self, name: str) -> list[str]:
-        ids: list[str] = []
+        return [point_id for point_id, _ in self._scroll(name, None, with_payload=False)]
+
+    def scroll(self, name: str, filters: Mapping[str, Scalar] | None = None) -> list[Scrolled]:
+        return self._scroll(name, _filter(filters), with_payload=True)
+
+    def _scroll(self, name: str, selected: qe.Filter | None, *, with_payload: bool) -> list[Scrolled]:
+        found: list[Scrolled] = []
         offset: Any = None
         while True:
-            request = qe.ScrollRequest(offset=offset, limit=1000, with_payload=False, with_vector=False)
+            request = qe.ScrollRequest(
+                offset=offset, limit=1000, filter=selected, with_payload=with_payload, with_vector=False
+            )
             records, offset = _call(self._shard(name).scroll, request)
-            ids.extend(str(r.id) for r in records)
+            found.extend((str(r.id), dict(r.payload or {})) for r in records)
             if offset is None:
-                return ids
+                return found
 
     def get_alias(self, alias: str) -> str | None:
         return self._aliases().get(alias)
@@ -213,8 +231,10 @@ def _guard(points: Sequence[PointWrite]) -> qe.Filter:
     )
 
 
-def _at_most(version: int) -> qe.FieldCondition:
-    return qe.FieldCondition(VERSION, range=qe.RangeFloat(lte=float(version)))
+def _at_most(version: int) -> qe.Filter:
+    # Points written before versions were recorded carry none: treat them as oldest.
+    at_most = qe.FieldCondition(VERSION, range=qe.RangeFloat(lte=float(version)))
+    return qe.Filter(should=[at_most, qe.IsEmptyCondition(VERSION)])
 
 
 def _swept(sweep: Sweep) -> qe.Filter:

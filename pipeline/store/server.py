@@ -15,7 +15,17 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from pipeline.errors import StoreUnavailable
-from pipeline.store import DOC_KEY, VERSION, CollectionSpec, Hit, PointWrite, Scalar, SearchOptions, Sweep
+from pipeline.store import (
+    DOC_KEY,
+    VERSION,
+    CollectionSpec,
+    Hit,
+    PointWrite,
+    Scalar,
+    Scrolled,
+    SearchOptions,
+    Sweep,
+)
 
 T = TypeVar("T")
 _DATATYPES = {"float32": qm.Datatype.FLOAT32, "float16": qm.Datatype.FLOAT16}
@@ -111,13 +121,26 @@ class ServerStore:
         return int(_call(self._client.count, name, count_filter=_filter(filters), exact=True).count)
 
     def scroll_ids(self, name: str) -> list[str]:
-        ids: list[str] = []
+        return [point_id for point_id, _ in self._scroll(name, None, with_payload=False)]
+
+    def scroll(self, name: str, filters: Mapping[str, Scalar] | None = None) -> list[Scrolled]:
+        return self._scroll(name, _filter(filters), with_payload=True)
+
+    def _scroll(self, name: str, selected: qm.Filter | None, *, with_payload: bool) -> list[Scrolled]:
+        found: list[Scrolled] = []
         offset: Any = None
         while True:
-            records, offset = _call(self._client.scroll, name, limit=1000, offset=offset, with_payload=False)
-            ids.extend(str(r.id) for r in records)
+            records, offset = _call(
+                self._client.scroll,
+                name,
+                scroll_filter=selected,
+                limit=1000,
+                offset=offset,
+                with_payload=with_payload,
+            )
+            found.extend((str(r.id), dict(r.payload or {})) for r in records)
             if offset is None:
-                return ids
+                return found
 
     def get_alias(self, alias: str) -> str | None:
         for description in _call(self._client.get_aliases).aliases:
@@ -162,8 +185,13 @@ def _guard(points: Sequence[PointWrite]) -> qm.Filter:
     return qm.Filter(should=clauses)
 
 
-def _at_most(version: int) -> qm.FieldCondition:
-    return qm.FieldCondition(key=VERSION, range=qm.Range(lte=version))
+def _at_most(version: int) -> qm.Filter:
+    # Points written before versions were recorded carry none: treat them as oldest.
+    at_most: list[Any] = [
+        qm.FieldCondition(key=VERSION, range=qm.Range(lte=version)),
+        qm.IsEmptyCondition(is_empty=qm.PayloadField(key=VERSION)),
+    ]
+    return qm.Filter(should=at_most)
 
 
 def _swept(sweep: Sweep) -> qm.Filter:

@@ -159,3 +159,23 @@ def test_sweep_deletes_a_documents_superseded_points_only(store):
     assert set(store.scroll_ids("c")) == {p.id for p in current + newer + other}
     assert store.sweep("c", [Sweep("b", 1)]) == 2
     assert set(store.scroll_ids("c")) == {p.id for p in current + newer}
+
+
+def test_scroll_returns_payloads_matching_the_filter(store):
+    """scroll lists (id, payload) of every point that matches, across pages."""
+    store.create_collection("c", CollectionSpec(8))
+    store.upsert("c", versioned("a", 1, range(3)) + versioned("b", 1, range(3, 1203)))
+    found = store.scroll("c", {"doc_key": "a"})
+    assert sorted(p["metadata"]["n"] for _, p in found) == [0, 1, 2]
+    assert len(store.scroll("c")) == 1203
+
+
+def test_points_without_a_version_are_treated_as_oldest(store):
+    """Points stored before versions were recorded are overwritten and swept like old ones."""
+    store.create_collection("c", CollectionSpec(8))
+    legacy = [PointWrite(p.id, p.vector, {"doc_key": "a"}) for p in versioned("a", 0, range(2))]
+    store.upsert("c", legacy)
+    store.upsert("c", versioned("a", 1, range(1)), guarded=True)
+    assert store.retrieve("c", [legacy[0].id])[legacy[0].id]["version"] == 1
+    assert store.sweep("c", [Sweep("a", 1, frozenset({legacy[0].id}))]) == 1
+    assert store.scroll_ids("c") == [legacy[0].id]

@@ -97,7 +97,14 @@ class FatalError(EmbedstreamError):
 
 
 class ConfigError(FatalError):
+    """One or more configuration problems; ``problems`` holds one line each, so a user
+    who got three things wrong hears about all three at once."""
+
     reason = "config"
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems: tuple[str, ...] = problems
 
 
 class StoreLocked(FatalError):

@@ -3,26 +3,43 @@
 Precedence, highest first: explicit overrides (CLI flags) > ``EMBEDSTREAM_*`` environment
 (nested with ``__``, e.g. ``EMBEDSTREAM_KAFKA__BOOTSTRAP``) > the TOML file
 (``--config``, ``EMBEDSTREAM_CONFIG`` or ``./embedstream.toml``) > defaults.
+
+:meth:`Settings.load` reads each source itself and validates their merge once, so every
+problem is reported on one line naming the key and where its value came from (a flag, an
+environment variable, ``file.toml:line``), and keys no setting has are reported too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from contextvars import ContextVar
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pipeline.errors import ConfigError
+from pipeline.settings_layers import (
+    Layer,
+    Override,
+    describe,
+    env_layer,
+    flag_layer,
+    merge,
+    toml_layer,
+    truthy,
+    values_layer,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG_FILE = Path("embedstream.toml")
-_config_file: ContextVar[Path | None] = ContextVar("embedstream_config_file", default=None)
+ENV_PREFIX = "EMBEDSTREAM_"
+# Read by the CLI before any setting (it says where the settings live), not a setting itself.
+CONFIG_ENV = "EMBEDSTREAM_CONFIG"
 
 
 class ModelSettings(BaseModel):
@@ -78,14 +95,24 @@ class KafkaSettings(BaseModel):
 
 
 class HttpSettings(BaseModel):
-    addr: str = Field("127.0.0.1:0", description="host:port for /metrics, /healthz, /readyz")
+    addr: str = Field(
+        "127.0.0.1:0", description="host:port for /metrics, /healthz, /readyz (and the watcher's queries)"
+    )
+    token: SecretStr | None = Field(
+        None, description="Required by the watcher's /search and /status; allows a non-loopback addr"
+    )
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EMBEDSTREAM_", env_nested_delimiter="__", extra="ignore")
+    """Build with :meth:`load`, which reads the TOML file and the environment itself."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
 
     state_dir: Path = Field(Path(".embedstream"), description="Embedded store, cache, checkpoints")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="DEBUG, INFO, WARNING or ERROR, in any case"
+    )
+    strict: bool = Field(False, description="Unknown keys in the TOML file or EMBEDSTREAM_* env are errors")
     drain_timeout_s: float = Field(
         60.0, gt=0, description="Longest SIGTERM drain of a daemon or watch before it exits uncommitted"
     )
@@ -97,6 +124,11 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     http: HttpSettings = HttpSettings()
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -106,22 +138,33 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = _config_file.get() or DEFAULT_CONFIG_FILE
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file))
+        # load() reads the file and the environment itself, to know where each value came
+        # from; the constructor only validates what it is given.
+        return (init_settings,)
 
     @classmethod
-    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
-        """Build settings; ``overrides`` are CLI flags, ``None`` values are ignored."""
-        path = config_file or _env_config_file()
-        if path is not None and not path.is_file():
-            from pipeline.errors import ConfigError
+    def load(
+        cls,
+        config_file: Path | None = None,
+        *,
+        flags: Sequence[Override] = (),
+        known_env: Collection[str] = (),
+        **overrides: Any,
+    ) -> Settings:
+        """Defaults < TOML file < ``EMBEDSTREAM_*`` env < ``overrides`` < ``flags``, validated once.
 
-            raise ConfigError(f"config file {path} does not exist")
-        token = _config_file.set(path)
-        try:
-            return cls(**{k: v for k, v in overrides.items() if v is not None})
-        finally:
-            _config_file.reset(token)
+        ``overrides`` are keyword values from code (``None`` is ignored); ``known_env`` names
+        ``EMBEDSTREAM_*`` variables that belong to the CLI rather than to settings. Raises
+        :class:`ConfigError` with one line per problem; unknown keys are warnings, or
+        problems too when ``strict`` is set.
+        """
+        layers = (
+            toml_layer(cls, _config_path(config_file)),
+            env_layer(cls, ENV_PREFIX, {CONFIG_ENV, *known_env}),
+            values_layer(overrides, "argument"),
+            flag_layer(flags),
+        )
+        return _validate(cls, layers)
 
     @property
     def cache_path(self) -> Path:
@@ -136,7 +179,32 @@ class Settings(BaseSettings):
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
 
-def _env_config_file() -> Path | None:
-    # The one environment read outside pydantic: it chooses where the other settings live.
-    raw = os.environ.get("EMBEDSTREAM_CONFIG")
-    return Path(raw) if raw else None
+def _validate(model: type[Settings], layers: Sequence[Layer]) -> Settings:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merge(merged, layer.values)
+    # Decided before validation, so unknown keys are reported even when a value is invalid.
+    strict = truthy(merged.get("strict"))
+    unknown = [line for layer in layers for line in layer.unknown]
+    if not strict:
+        for line in unknown:
+            log.warning("%s; ignored (strict mode makes this an error)", line)
+    try:
+        settings = model.model_validate(merged)
+    except ValidationError as exc:
+        problems = [describe(model, error, layers) for error in exc.errors()]
+        raise ConfigError(*problems, *(unknown if strict else [])) from exc
+    if strict and unknown:
+        raise ConfigError(*unknown)
+    return settings
+
+
+def _config_path(config_file: Path | None) -> Path | None:
+    # The one environment read outside the sources: it chooses where the other settings live.
+    raw = os.environ.get(CONFIG_ENV)
+    path = config_file or (Path(raw) if raw else None)
+    if path is None:
+        return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    return path

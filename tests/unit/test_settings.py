@@ -1,8 +1,10 @@
-"""Unit tests for settings precedence (overrides > env > TOML > defaults) and secret masking."""
+"""Unit tests for settings precedence (flags > env > TOML > defaults), secret masking, and
+configuration errors that name the key and where its value came from."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
+from pipeline.settings_layers import Override
 
 TOML = """
 log_level = "DEBUG"
@@ -60,7 +63,10 @@ def test_defaults() -> None:
     assert s.model.name == "all-MiniLM-L6-v2"
     assert s.store.url is None
     assert s.store.api_key is None
-    assert s.log_level == "INFO"
+    assert s.log_level == "WARNING"
+    assert s.strict is False
+    assert s.http.addr == "127.0.0.1:0"
+    assert s.http.token is None
     assert s.state_dir == Path(".embedstream")
     assert s.cache_path == Path(".embedstream") / "cache.sqlite"
 
@@ -156,3 +162,136 @@ def test_config_file_does_not_leak_into_later_loads(toml_file: Path) -> None:
     """The file chosen for one load is not used by the next load without a file."""
     assert Settings.load(toml_file).index.name == "tomlindex"
     assert Settings.load().index.name == "docs"
+
+
+def problems(excinfo: pytest.ExceptionInfo[ConfigError]) -> tuple[str, ...]:
+    return excinfo.value.problems
+
+
+def test_wrong_type_in_env_names_the_key_and_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMBEDSTREAM_INDEX__DIMS=abc is one problem line naming index.dims, the value and the variable."""
+    monkeypatch.setenv("EMBEDSTREAM_INDEX__DIMS", "abc")
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.load()
+    (line,) = problems(excinfo)
+    assert line.startswith("index.dims: ")
+    assert "'abc'" in line
+    assert line.endswith("(from env EMBEDSTREAM_INDEX__DIMS)")
+
+
+def test_wrong_values_in_toml_name_file_and_line(tmp_path: Path) -> None:
+    """Each invalid TOML value is its own problem line, naming the key and file:line."""
+    path = tmp_path / "bad.toml"
+    path.write_text('state_dir = "s"\n\n[index]\nname = "ok"\ndims = "many"\nquantization = "pq"\n')
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.load(path)
+    lines = problems(excinfo)
+    assert len(lines) == 2
+    assert lines[0].startswith("index.dims: ")
+    assert lines[0].endswith(f"(from {path}:5)")
+    assert lines[1].startswith("index.quantization: ")
+    assert lines[1].endswith(f"(from {path}:6)")
+
+
+def test_malformed_toml_names_the_line(tmp_path: Path) -> None:
+    """A TOML syntax error is a ConfigError pointing at file:line, not a parser traceback."""
+    path = tmp_path / "broken.toml"
+    path.write_text('log_level = "INFO"\n[index\nname = "x"\n')
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.load(path)
+    (line,) = problems(excinfo)
+    assert line.startswith(f"{path}:2: invalid TOML")
+
+
+def test_flag_overrides_are_validated_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flag value gets the same validation as env/TOML, and the error names the flag."""
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.load(flags=[Override("index.name", "../../x", "flag --index")])
+    (line,) = problems(excinfo)
+    assert line.startswith("index.name: ")
+    assert line.endswith("(from flag --index)")
+
+
+def test_flags_beat_env_field_by_field(monkeypatch: pytest.MonkeyPatch, toml_file: Path) -> None:
+    """A flag overrides the env value of its own key only; TOML and env still fill the rest."""
+    monkeypatch.setenv("EMBEDSTREAM_INDEX__NAME", "envindex")
+    monkeypatch.setenv("EMBEDSTREAM_INDEX__DIMS", "64")
+    s = Settings.load(toml_file, flags=[Override("index.name", "flagindex", "flag --index")])
+    assert s.index.name == "flagindex"
+    assert s.index.dims == 64
+    assert s.index.quantization == "binary"
+
+
+@pytest.mark.parametrize("source", ["env", "toml", "flag"])
+def test_log_level_names_are_case_insensitive(
+    source: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """debug, Debug and DEBUG are the same level whether from env, TOML or a flag."""
+    path = tmp_path / "level.toml"
+    path.write_text('log_level = "Debug"\n' if source == "toml" else "")
+    if source == "env":
+        monkeypatch.setenv("EMBEDSTREAM_LOG_LEVEL", "debug")
+    flags = [Override("log_level", "dEbUg", "flag --log-level")] if source == "flag" else []
+    assert Settings.load(path, flags=flags).log_level == "DEBUG"
+
+
+def test_unknown_keys_are_warnings_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A misspelt TOML key or EMBEDSTREAM_* variable is logged with a suggestion; loading succeeds."""
+    path = tmp_path / "typo.toml"
+    path.write_text("[index]\ndimz = 64\n")
+    monkeypatch.setenv("EMBEDSTREAM_KAFKA_BOOTSTRAP", "x:1")
+    with caplog.at_level(logging.WARNING, logger="pipeline.settings"):
+        s = Settings.load(path)
+    assert s.index.dims is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"index.dimz: no such setting ({path}:2); did you mean index.dims?" in w for w in warnings)
+    assert any("EMBEDSTREAM_KAFKA_BOOTSTRAP" in w and "EMBEDSTREAM_KAFKA__BOOTSTRAP?" in w for w in warnings)
+
+
+@pytest.mark.parametrize("how", ["toml", "env", "flag"])
+def test_strict_makes_unknown_keys_errors(how: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With strict set in TOML, env or by flag, each unknown key is a problem line of a ConfigError."""
+    path = tmp_path / "strict.toml"
+    path.write_text(("strict = true\n" if how == "toml" else "") + "[index]\ndimz = 64\n")
+    monkeypatch.setenv("EMBEDSTREAM_NOPE", "1")
+    if how == "env":
+        monkeypatch.setenv("EMBEDSTREAM_STRICT", "true")
+    flags = [Override("strict", True, "flag --strict")] if how == "flag" else []
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.load(path, flags=flags)
+    lines = problems(excinfo)
+    assert len(lines) == 2
+    assert lines[0].startswith("index.dimz: no such setting")
+    assert lines[1].startswith("EMBEDSTREAM_NOPE: no such setting")
+
+
+def test_cli_owned_env_variables_are_not_unknown(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Variables the CLI declares (known_env) and EMBEDSTREAM_CONFIG are never reported."""
+    monkeypatch.setenv("EMBEDSTREAM_SEARCH_LIMIT", "5")
+    with caplog.at_level(logging.WARNING, logger="pipeline.settings"):
+        Settings.load(known_env={"EMBEDSTREAM_SEARCH_LIMIT"}, strict=True)
+    assert not caplog.records
+
+
+def test_secret_values_never_appear_in_errors(tmp_path: Path) -> None:
+    """A secret of the wrong type is reported by key and file:line, without echoing the value."""
+    path = tmp_path / "secret.toml"
+    path.write_text("[http]\ntoken = 987654321\n")
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.load(path)
+    (line,) = problems(excinfo)
+    assert line.startswith("http.token: ")
+    assert "987654321" not in line
+    assert line.endswith(f"(from {path}:2)")
+
+
+def test_http_token_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.token is a secret: masked_json shows that it is set, never its value."""
+    monkeypatch.setenv("EMBEDSTREAM_HTTP__TOKEN", "tok-123456")
+    s = Settings.load()
+    assert s.http.token is not None
+    assert "tok-123456" not in s.masked_json()

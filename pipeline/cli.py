@@ -32,7 +32,13 @@ from rich.table import Table
 
 from pipeline import logs
 from pipeline.embedded import EmbeddedPipeline
-from pipeline.errors import EmbedstreamError, FatalError, RetryableError, StoreLocked
+from pipeline.errors import (
+    AuthenticationFailed,
+    EmbedstreamError,
+    FatalError,
+    RetryableError,
+    StoreLocked,
+)
 from pipeline.settings import Settings
 
 EXIT_OK = 0
@@ -96,6 +102,9 @@ def run(action: Callable[[], T]) -> T:
     except StoreLocked as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_STORE_LOCKED) from exc
+    except AuthenticationFailed as exc:  # a dependency refuses us: not a retryable outage
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_UNAVAILABLE) from exc
     except FatalError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_CONFIG) from exc

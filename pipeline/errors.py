@@ -10,12 +10,14 @@
     ├── PoisonError               this event can never succeed: dead-letter it, move on
     │   ├── InvalidEvent          bad JSON, schema violation, unknown schema_version
     │   ├── DocumentTooLarge      text over ``limits.max_doc_bytes`` / chunk cap
+    │   ├── MessageTooLarge       a message the broker or client refuses for its size
     │   ├── EmptyDocument         nothing left after normalization
     │   ├── InvalidVectors        NaN/inf or wrong dimension from the encoder
     │   └── StoreRejected         the store refused this document's write (4xx, validation)
     └── FatalError                the process cannot go on: exit with a clear message
         ├── ConfigError           settings that contradict each other or the model
         ├── StoreLocked           another process owns the embedded store
+        ├── AuthenticationFailed  credentials or certificates rejected (either side)
         └── ModelNotAvailable     model not found offline
 
 Adapters translate library exceptions into these at the boundary (``raise ... from exc``)
@@ -76,6 +78,12 @@ class DocumentTooLarge(PoisonError):
     reason = "too_large"
 
 
+class MessageTooLarge(PoisonError):
+    """A message over the producer's ``max_request_size`` or the topic's ``max.message.bytes``."""
+
+    reason = "too_large"
+
+
 class EmptyDocument(PoisonError):
     reason = "empty_text"
 
@@ -109,6 +117,16 @@ class ConfigError(FatalError):
 
 class StoreLocked(FatalError):
     reason = "store_locked"
+
+
+class AuthenticationFailed(FatalError):
+    """A server refused our credentials, or we refused its certificate.
+
+    Retrying cannot fix a wrong password, an untrusted CA or a certificate for another
+    host name, so the process stops with the reason; the message never holds a secret.
+    """
+
+    reason = "auth_failed"
 
 
 class ModelNotAvailable(FatalError):

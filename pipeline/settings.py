@@ -16,9 +16,17 @@ import logging
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pipeline.errors import ConfigError
@@ -33,6 +41,7 @@ from pipeline.settings_layers import (
     truthy,
     values_layer,
 )
+from pipeline.tls import ca_problem, client_cert_problem
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +87,125 @@ class IndexSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
-    url: str | None = Field(None, description="Qdrant server URL; unset = embedded engine")
-    api_key: SecretStr | None = None
+    url: str | None = Field(None, description="Qdrant server URL (https:// for TLS); unset = embedded engine")
+    api_key: SecretStr | None = Field(None, description="Qdrant API key (secret)")
+    ca_file: Path | None = Field(None, description="PEM CA certificates for an https url with a private CA")
+    allow_insecure_api_key: bool = Field(
+        False, description="Allow sending api_key over plain http:// to a host that is not loopback"
+    )
     timeout_s: float = 10.0
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Upserts and deletes are split into requests of at most this many JSON bytes",
+    )
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_usable(cls, value: Path | None) -> Path | None:
+        if value is not None and (problem := ca_problem(value)):
+            raise ValueError(problem)
+        return value
+
+
+SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 
 
 class KafkaSettings(BaseModel):
+    """Brokers, topics, batching, and how the connection is secured.
+
+    ``security_protocol`` decides which SASL and TLS settings apply: a SASL protocol
+    requires a mechanism and credentials; with TLS, every file must exist and parse. Each
+    problem is an error of its own key, so start-up reports all of them at once. Fields
+    are declared in the order the checks read each other (``info.data``).
+    """
+
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "embedstream"
     partitions: int = Field(6, ge=1)
     replication: int = Field(1, ge=1)
     batch_max_records: int = Field(256, ge=1)
     batch_max_wait_ms: int = Field(200, ge=0)
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT, or SASL_SSL (SASL over TLS)"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, validate_default=True, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only)"
+    )
+    sasl_username: str | None = Field(None, validate_default=True, description="SASL user (SASL_* only)")
+    sasl_password: SecretStr | None = Field(None, validate_default=True, description="SASL password (secret)")
+    ssl_cafile: Path | None = Field(
+        None, description="PEM CA certificates the brokers' certificates chain to (unset: the system's)"
+    )
+    ssl_check_hostname: bool = Field(True, description="Require broker certificates to name the host dialed")
+    ssl_keyfile: Path | None = Field(None, description="PEM key of ssl_certfile when not inside it (mTLS)")
+    ssl_password: SecretStr | None = Field(None, description="Password of an encrypted ssl_keyfile (secret)")
+    ssl_certfile: Path | None = Field(
+        None, validate_default=True, description="PEM client certificate for mutual TLS"
+    )
+
+    @field_validator("sasl_mechanism", "sasl_username", "sasl_password")
+    @classmethod
+    def _required_with_sasl(cls, value: object, info: ValidationInfo) -> object:
+        protocol = info.data.get("security_protocol")
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if protocol in SASL_PROTOCOLS and secret in (None, ""):
+            raise ValueError(f"required with security_protocol={protocol}")
+        return value
+
+    @field_validator("ssl_cafile", "ssl_keyfile")
+    @classmethod
+    def _file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or info.data.get("security_protocol") not in TLS_PROTOCOLS:
+            return value
+        problem = ca_problem(value) if info.field_name == "ssl_cafile" else _missing(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("ssl_certfile")
+    @classmethod
+    def _client_cert_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        data = info.data
+        if data.get("security_protocol") not in TLS_PROTOCOLS or "ssl_keyfile" not in data:
+            return value  # no TLS, or the key file already failed on its own
+        if value is None:
+            if data["ssl_keyfile"] is not None or data.get("ssl_password") is not None:
+                raise ValueError("required when ssl_keyfile or ssl_password is set (mutual TLS)")
+            return value
+        problem = client_cert_problem(value, data["ssl_keyfile"], data.get("ssl_password"))
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _warn_unused(self) -> Self:
+        # Not an error: a masked `config` or an embedded run may carry unused Kafka keys.
+        for keys, protocols in ((_SASL_KEYS, SASL_PROTOCOLS), (_TLS_KEYS, TLS_PROTOCOLS)):
+            unused = [name for name in keys if getattr(self, name) is not None]
+            if unused and self.security_protocol not in protocols:
+                log.warning(
+                    "kafka.%s set, but security_protocol=%s ignores it; use %s",
+                    ", kafka.".join(unused), self.security_protocol, " or ".join(protocols),
+                )  # fmt: skip
+        return self
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in SASL_PROTOCOLS
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in TLS_PROTOCOLS
+
+
+_SASL_KEYS = ("sasl_mechanism", "sasl_username", "sasl_password")
+_TLS_KEYS = ("ssl_cafile", "ssl_keyfile", "ssl_password", "ssl_certfile")
+
+
+def _missing(path: Path) -> str | None:
+    return None if path.is_file() else f"{path} does not exist"
 
 
 class HttpSettings(BaseModel):

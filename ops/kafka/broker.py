@@ -18,6 +18,13 @@ Library use::
         broker.stop()      # broker down, data and ports kept
         broker.start()     # same address, same data: clients reconnect
 
+Secured listeners (TLS, SASL_SSL with SCRAM) beside PLAINTEXT, for security tests::
+
+    security = BrokerSecurity(keystore=..., wrong_host_keystore=..., keystore_password=...,
+                              client_ca=ca_pem, scram_users={"alice": "secret"})
+    broker = KafkaBroker(libs_dir, work_dir, security=security)
+    broker.listener("SASL_SSL")   # -> "127.0.0.1:<port>"
+
 Foreground use (``make kafka``, benchmarks)::
 
     python ops/kafka/broker.py --libs .cache/kafka/libs --work .cache/kafka/work
@@ -42,11 +49,12 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Self
 
-__all__ = ["KafkaBroker", "main"]
+__all__ = ["SECURE_LISTENERS", "BrokerSecurity", "KafkaBroker", "main"]
 
 #: Broker entry point (Scala object in kafka_2.13; unchanged across Kafka 4.x).
 KAFKA_MAIN_CLASS = "kafka.Kafka"
@@ -163,6 +171,62 @@ logger.config.level = WARN
 """
 
 
+#: Listeners a broker with :class:`BrokerSecurity` opens beside PLAINTEXT, and the
+#: security protocol each speaks. WRONG_HOST serves a certificate issued for another
+#: host name (hostname-verification tests); MUTUAL_TLS requires a client certificate.
+SECURE_LISTENERS = {
+    "SSL": "SSL",
+    "SASL_SSL": "SASL_SSL",
+    "WRONG_HOST": "SSL",
+    "MUTUAL_TLS": "SSL",
+}
+#: SASL mechanisms the SASL_SSL listener accepts; every SCRAM user exists for each.
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+_SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """TLS material (made by the caller) and SCRAM users for the secured listeners.
+
+    Keystores are PKCS12 files whose store and key share ``keystore_password``;
+    ``client_ca`` is the PEM CA that MUTUAL_TLS trusts for client certificates. The
+    SCRAM users are written into the metadata log when the storage is formatted
+    (``kafka-storage format --add-scram``), so they exist from the first start on.
+    """
+
+    keystore: Path
+    wrong_host_keystore: Path
+    keystore_password: str
+    client_ca: Path
+    scram_users: Mapping[str, str] = field(default_factory=dict)
+
+    def properties(self) -> dict[str, str]:
+        """TLS and SASL settings of the secured listeners, for ``server.properties``."""
+        props = {
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(self.keystore),
+            "ssl.keystore.password": self.keystore_password,
+            "ssl.key.password": self.keystore_password,
+            "listener.name.wrong_host.ssl.keystore.location": str(self.wrong_host_keystore),
+            "listener.name.mutual_tls.ssl.client.auth": "required",
+            "listener.name.mutual_tls.ssl.truststore.type": "PEM",
+            "listener.name.mutual_tls.ssl.truststore.location": str(self.client_ca),
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
+        }
+        for mechanism in SCRAM_MECHANISMS:
+            props[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"] = _SCRAM_LOGIN
+        return props
+
+    def format_args(self) -> list[str]:
+        """``--add-scram`` arguments creating every user for every SCRAM mechanism."""
+        return [
+            f"--add-scram={mechanism}=[name={name},password={password}]"
+            for name, password in self.scram_users.items()
+            for mechanism in SCRAM_MECHANISMS
+        ]
+
+
 class KafkaBroker:
     """One single-node Kafka broker+controller (KRaft combined mode) on 127.0.0.1.
 
@@ -179,16 +243,25 @@ class KafkaBroker:
         port: int | None = None,
         *,
         properties: Mapping[str, str] | None = None,
+        security: BrokerSecurity | None = None,
     ) -> None:
         """Prepare (not start) a broker.
 
         ``properties`` overrides or extends the generated ``server.properties``
-        (e.g. retention settings for one test).
+        (e.g. retention settings for one test). ``security`` adds the secured
+        listeners of :data:`SECURE_LISTENERS`, each on its own port.
         """
         self.libs_dir = Path(libs_dir).resolve()
         self.work_dir = Path(work_dir).resolve()
         self.port = port if port is not None else _pick_free_port(set())
         self.controller_port = _pick_free_port({self.port})
+        self.security = security
+        self.secure_ports: dict[str, int] = {}
+        if security is not None:
+            taken = {self.port, self.controller_port}
+            for name in SECURE_LISTENERS:
+                self.secure_ports[name] = _pick_free_port(taken)
+                taken.add(self.secure_ports[name])
         self._extra_properties = dict(properties or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
@@ -214,6 +287,12 @@ class KafkaBroker:
     def bootstrap(self) -> str:
         """Address for clients' ``bootstrap_servers``; stable across restarts."""
         return f"127.0.0.1:{self.port}"
+
+    def listener(self, name: str) -> str:
+        """Bootstrap address of a secured listener (a key of :data:`SECURE_LISTENERS`)."""
+        if name not in self.secure_ports:
+            raise KeyError(f"no {name} listener: the broker was made without security= or {name} is unknown")
+        return f"127.0.0.1:{self.secure_ports[name]}"
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -334,6 +413,23 @@ class KafkaBroker:
         if not any(self.libs_dir.glob("kafka_2.13-*.jar")):
             raise FileNotFoundError(f"no kafka_2.13 jar in {self.libs_dir}; run ops/kafka/fetch.sh first")
 
+    def _listeners(self) -> dict[str, str]:
+        """Every client listener (name -> protocol) with PLAINTEXT first."""
+        return {"PLAINTEXT": "PLAINTEXT", **{name: SECURE_LISTENERS[name] for name in self.secure_ports}}
+
+    def _listener_properties(self) -> dict[str, str]:
+        ports = {"PLAINTEXT": self.port, **self.secure_ports}
+        client = ",".join(f"{name}://127.0.0.1:{ports[name]}" for name in self._listeners())
+        protocols = ",".join(f"{name}:{proto}" for name, proto in self._listeners().items())
+        props = {
+            "listeners": f"{client},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": client,
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{protocols}",
+        }
+        if self.security is not None:
+            props |= self.security.properties()
+        return props
+
     def _server_properties(self) -> dict[str, str]:
         props = {
             "process.roles": "broker,controller",
@@ -341,11 +437,9 @@ class KafkaBroker:
             # Static voter set (not --standalone/dynamic quorum): the controller
             # endpoint is then only in this file, never in the metadata log.
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            **self._listener_properties(),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.data_dir),
             # Single node: internal topics cannot have more than one replica.
             "offsets.topic.replication.factor": "1",
@@ -407,6 +501,7 @@ class KafkaBroker:
             "format",
             f"--cluster-id={_random_cluster_id()}",
             f"--config={self.properties_file}",
+            *(self.security.format_args() if self.security is not None else []),
             heap=["-Xmx256m"],
         )
         with self.log_file.open("ab") as log:

@@ -9,6 +9,12 @@ Delivery contract the worker relies on (at-least-once, idempotent writes downstr
   uncommitted batch is redelivered to whoever owns the partition next.
 * :meth:`KafkaConsumerAdapter.processing` keeps the group membership alive while a slow
   batch runs, so a long batch is not mistaken for a dead worker.
+* one message size limit (``max_message_bytes``) holds for the producer, the consumer's
+  fetches and every topic, so whatever one stage may write the next can read.
+* a rejected password or certificate raises :class:`AuthenticationFailed` within
+  seconds instead of being retried until a timeout; it never names a secret.
+* keys are text, but any key bytes survive a round trip: keys that are not UTF-8 decode
+  with ``surrogateescape`` and encode back to the same bytes.
 
 kafka-python types and exceptions never leave this module: records become
 :class:`Record`, library errors become :mod:`pipeline.errors` types at the boundary.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -25,8 +32,15 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from pipeline.bus import Outgoing, Record, TopicSpec, next_offsets
-from pipeline.errors import BusUnavailable, CommitLost, FatalError
+from pipeline.errors import (
+    AuthenticationFailed,
+    BusUnavailable,
+    CommitLost,
+    FatalError,
+    MessageTooLarge,
+)
 from pipeline.settings import KafkaSettings
+from pipeline.tls import client_context
 
 with warnings.catch_warnings():
     # kafka-python 3.0.12 loads its protocol schemas at import time through
@@ -43,14 +57,20 @@ with warnings.catch_warnings():
         OffsetAndMetadata,
         TopicPartition,
     )
+    from kafka.admin import ConfigResource, ConfigResourceType
     from kafka.net import KafkaNetClient
+    from kafka.net.manager import KafkaConnectionManager
+    from kafka.net.selector import NetworkSelector
 
 log = logging.getLogger(__name__)
 
-#: A vectors event for a long document is ~1 MB; the 1 MiB client default would reject it.
+#: Default ``max_message_bytes``: a vectors event for a long document is ~1 MB, and the
+#: 1 MiB client and broker defaults would reject it.
 MAX_REQUEST_SIZE = 2_000_000
-#: Every topic accepts messages up to MAX_REQUEST_SIZE (the broker default is ~1 MiB).
-BASE_TOPIC_CONFIGS = {"max.message.bytes": str(MAX_REQUEST_SIZE)}
+#: The topic setting that must be at least ``max_message_bytes``.
+MAX_MESSAGE_BYTES = "max.message.bytes"
+#: kafka-python's default bound on one fetch response; raised only for larger messages.
+FETCH_MAX_BYTES = 52_428_800
 #: Compacted topics keep the latest value per key; the cleaner runs early (dirty ratio
 #: 10 %, 10-minute segments) so tombstones and superseded document versions do not pile
 #: up in small, slowly growing topics.
@@ -67,6 +87,9 @@ KEEPALIVE_POLL_MS = 200
 #: Error codes in admin responses that mean "already as requested".
 _TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
 _UNKNOWN_TOPIC = kafka_errors.UnknownTopicOrPartitionError.errno
+_TOO_LARGE = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordListTooLargeError)
+#: OpenSSL verify codes for "the certificate is valid, but for another name".
+_NAME_MISMATCH = {62, 63, 64}  # X509_V_ERR_HOSTNAME/EMAIL/IP_ADDRESS_MISMATCH
 
 
 @dataclass(frozen=True)
@@ -102,45 +125,96 @@ class KafkaBus:
         client_id: str = "embedstream",
         *,
         timeouts: KafkaTimeouts | None = None,
+        max_message_bytes: int = MAX_REQUEST_SIZE,
     ) -> None:
+        """``max_message_bytes`` bounds every message: produced, fetched, and in topics."""
         self._settings = settings
         self._client_id = client_id
         self._timeouts = timeouts or KafkaTimeouts()
+        self._max_message_bytes = max_message_bytes
+        # Built once, so the TLS files are read before the first connection.
+        self._ssl_context = _ssl_context(settings) if settings.uses_tls else None
+        self._translated = _Translator(settings)
         self._admin_client: Any = None
 
     def producer(self) -> KafkaProducerAdapter:
-        return KafkaProducerAdapter(self._new_producer, send_timeout_s=self._timeouts.delivery_ms / 1000 + 5)
+        return KafkaProducerAdapter(
+            self._new_producer, self._timeouts.delivery_ms / 1000 + 5, self._translated
+        )
 
     def consumer(self, group: str, topics: Sequence[str]) -> KafkaConsumerAdapter:
         keepalive_s = min(1.0, self._timeouts.max_poll_interval_ms / 3000)
         return KafkaConsumerAdapter(
-            lambda: self._new_consumer(group), group, topics, keepalive_s, self._timeouts.probe_ms
+            lambda: self._new_consumer(group),
+            group,
+            topics,
+            keepalive_s,
+            self._timeouts.probe_ms,
+            self._translated,
         )
 
     def ensure_topics(self, specs: Sequence[TopicSpec]) -> None:
-        """Create missing topics; existing ones are left as they are (idempotent)."""
+        """Create missing topics; raise ``max.message.bytes`` of existing ones if lower.
+
+        Nothing else about an existing topic changes (idempotent): a topic made by an
+        older version or by hand keeps its partitions and cleanup policy, but must accept
+        every message this bus may write, or a large event would fail forever.
+        """
         if not specs:
             return
-        request = {spec.name: _topic_options(spec) for spec in specs}
-        with _translated("create topics"):
+        request = {spec.name: self._topic_options(spec) for spec in specs}
+        with self._translated("create topics"):
             admin = self._admin()
             response = admin.create_topics(request, raise_errors=False)
-            _check_topic_errors(response, ignore=_TOPIC_ALREADY_EXISTS)
+            existing = _check_topic_errors(response, ignore=_TOPIC_ALREADY_EXISTS)
             # KRaft acknowledges a create before every partition has a leader; producing
             # right away would then wait on metadata, so wait here where it is expected.
             admin.wait_for_topics(list(request), timeout_ms=self._timeouts.request_ms)
+            if existing:
+                self._raise_message_limit(admin, existing)
 
     def delete_topics(self, names: Sequence[str]) -> None:
         """Delete topics (tests clean up with this); missing ones are ignored."""
         if not names:
             return
-        with _translated("delete topics"):
+        with self._translated("delete topics"):
             response = self._admin().delete_topics(list(names), raise_errors=False)
             _check_topic_errors(response, ignore=_UNKNOWN_TOPIC)
 
     def list_topics(self) -> list[str]:
-        with _translated("list topics"):
+        with self._translated("list topics"):
             return sorted(self._admin().list_topics())
+
+    def _topic_options(self, spec: TopicSpec) -> dict[str, Any]:
+        configs = {MAX_MESSAGE_BYTES: str(self._max_message_bytes)}
+        return {
+            "num_partitions": spec.partitions,
+            "replication_factor": spec.replication,
+            "configs": configs | (COMPACTED_TOPIC_CONFIGS if spec.compacted else {}),
+        }
+
+    def _raise_message_limit(self, admin: Any, topics: Sequence[str]) -> None:
+        wanted = str(self._max_message_bytes)
+        current = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name, [MAX_MESSAGE_BYTES]) for name in topics],
+            config_filter="all",  # the broker default counts too: it is what applies
+        ).get("topic", {})
+        low = [name for name in topics if _message_limit(current.get(name, {})) < self._max_message_bytes]
+        if not low:
+            return
+        results = admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name, {MAX_MESSAGE_BYTES: wanted}) for name in low],
+            raise_on_unknown=False,
+            incremental=True,  # only this key changes; the topic's other settings stay
+        ).get("topic", {})
+        failed = {name: result for name, result in results.items() if result != "OK"}
+        if failed:
+            raise FatalError(
+                f"topics {sorted(failed)} accept smaller messages than max_message_bytes={wanted} "
+                f"and raising their {MAX_MESSAGE_BYTES} failed ({next(iter(failed.values()))}); "
+                "raise it with kafka-configs.sh --alter, or grant this user AlterConfigs"
+            )
+        log.info("raised %s of %s to %s", MAX_MESSAGE_BYTES, low, wanted)
 
     def close(self) -> None:
         if self._admin_client is not None:
@@ -151,19 +225,22 @@ class KafkaBus:
     # -- client construction ----------------------------------------------------
 
     def _common_configs(self) -> dict[str, Any]:
+        settings = self._settings
         configs: dict[str, Any] = {
-            "bootstrap_servers": self._settings.bootstrap.split(","),
+            "bootstrap_servers": settings.bootstrap.split(","),
             "client_id": self._client_id,
             "request_timeout_ms": self._timeouts.request_ms,
             "bootstrap_timeout_ms": self._timeouts.bootstrap_ms,
             "reconnect_backoff_max_ms": self._timeouts.reconnect_backoff_max_ms,
+            "security_protocol": settings.security_protocol,
+            "ssl_context": self._ssl_context,
         }
-        if self._settings.sasl_username:
-            password = self._settings.sasl_password
+        if settings.uses_sasl:
+            password = settings.sasl_password
             configs |= {
-                "security_protocol": "SASL_PLAINTEXT",
-                "sasl_mechanism": "PLAIN",
-                "sasl_plain_username": self._settings.sasl_username,
+                "sasl_mechanism": settings.sasl_mechanism,
+                # kafka-python names these "plain" for every mechanism, SCRAM included.
+                "sasl_plain_username": settings.sasl_username,
                 "sasl_plain_password": password.get_secret_value() if password else "",
             }
         return configs
@@ -183,7 +260,7 @@ class KafkaBus:
             enable_idempotence=True,
             compression_type="gzip",
             linger_ms=5,
-            max_request_size=MAX_REQUEST_SIZE,
+            max_request_size=self._max_message_bytes,
             retries=2_147_483_647,  # bounded by delivery_timeout_ms, not by a count
             delivery_timeout_ms=self._timeouts.delivery_ms,
             # send() blocks at most this long for metadata (e.g. broker down at start).
@@ -202,8 +279,9 @@ class KafkaBus:
             session_timeout_ms=self._timeouts.session_ms,
             heartbeat_interval_ms=self._timeouts.heartbeat_ms,
             max_poll_interval_ms=self._timeouts.max_poll_interval_ms,
-            # A vectors event up to MAX_REQUEST_SIZE must fit one partition fetch.
-            max_partition_fetch_bytes=MAX_REQUEST_SIZE,
+            # Any message the producers may write must fit one partition fetch.
+            max_partition_fetch_bytes=self._max_message_bytes,
+            fetch_max_bytes=max(FETCH_MAX_BYTES, self._max_message_bytes),
         )
 
 
@@ -217,7 +295,8 @@ def _build(client_class: Any, **configs: Any) -> Any:
     network_clients: list[Any] = []
 
     def tracked_network_client(**kwargs: Any) -> Any:
-        network_clients.append(KafkaNetClient(**kwargs))
+        net = NetworkSelector(**kwargs)
+        network_clients.append(KafkaNetClient(net=net, manager=_FailFastConnections(net, **kwargs)))
         return network_clients[-1]
 
     try:
@@ -229,38 +308,105 @@ def _build(client_class: Any, **configs: Any) -> Any:
         raise
 
 
+class _FailFastConnections(KafkaConnectionManager):  # type: ignore[misc]  # kafka is untyped
+    """Connection manager that ends the bootstrap at a rejected login or certificate.
+
+    Two kafka-python 3.0.12 gaps make a wrong password look like an outage, retried
+    until the bootstrap deadline and then reported as "Unable to bootstrap":
+
+    * it means to raise authentication failures from ``get_connection``, but records
+      them only when ``_connect`` itself raises, while SASL and TLS handshake failures
+      arrive through the connection's init future; recorded here instead, the next
+      attempt raises the real error, within a second;
+    * a read that returns data and then end-of-stream drops the data; the broker sends
+      its "authentication failed" answer and closes the connection at once, so the
+      answer was usually lost (see :func:`_data_before_close`).
+    """
+
+    async def _build_transport(self, node: Any, *args: Any, **kwargs: Any) -> Any:
+        transport = await super()._build_transport(node, *args, **kwargs)
+        transport._sock_recv = _data_before_close(transport._sock_recv)
+        return transport
+
+    async def _connect(self, node: Any, conn: Any, *args: Any, **kwargs: Any) -> None:
+        await super()._connect(node, conn, *args, **kwargs)
+        init = conn.init_future
+        if init.failed() and _is_rejection(init.exception):
+            self._auth_failures[node.node_id] = init.exception
+
+
+def _data_before_close(sock_recv: Callable[[], tuple[bytes, Any]]) -> Callable[[], tuple[bytes, Any]]:
+    """Wrap a transport's ``_sock_recv`` so bytes read together with a close are delivered.
+
+    The transport aborts on any error from a read, without passing on what the same read
+    returned; deferring the error to the next read (the closed socket is readable at
+    once) lets the connection process the broker's last answer first.
+    """
+    pending: list[Any] = []
+
+    def receive() -> tuple[bytes, Any]:
+        if pending:
+            return b"", pending.pop()
+        data, error = sock_recv()
+        if data and error is not None:
+            pending.append(error)
+            return data, None
+        return data, error
+
+    return receive
+
+
 class KafkaProducerAdapter:
     """Sends batches and returns only once every message is acknowledged.
 
     The client is created on the first send, so a worker can start while the broker is
     still down; construction failures surface as :class:`BusUnavailable` and are retried.
+    A message refused for its size raises :class:`MessageTooLarge` naming its key.
     """
 
-    def __init__(self, factory: Callable[[], Any], send_timeout_s: float) -> None:
+    def __init__(self, factory: Callable[[], Any], send_timeout_s: float, translated: _Translator) -> None:
         self._factory = factory
         self._send_timeout_s = send_timeout_s
+        self._translated = translated
         self._producer: Any = None
 
     def send(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
-        with _translated("produce"):
+        with self._translated("produce"):
             producer = self._client()
             futures = [_send_one(producer, message) for message in messages]
             producer.flush(timeout=self._send_timeout_s)
         # flush() returned, so every future is done; still check EVERY one: a single
         # failed message means the batch's output is incomplete and must not be committed.
-        failures = [error for error in map(_delivery_error, futures) if error is not None]
+        failures = [(m, e) for m, e in zip(messages, map(_delivery_error, futures), strict=True) if e]
         if failures:
-            raise BusUnavailable(
-                f"{len(failures)} of {len(futures)} messages not acknowledged: {failures[0]}"
-            ) from failures[0]
+            if not all(getattr(error, "retriable", False) for _, error in failures):
+                # kafka-python's idempotent producer treats a refused batch as fatal and
+                # fails every later send; the next send gets a fresh client instead.
+                self._discard()
+            self._raise_failure(failures, len(futures))
+
+    def _raise_failure(self, failures: list[tuple[Outgoing, Exception]], sent: int) -> NoReturn:
+        too_large = [(message, error) for message, error in failures if isinstance(error, _TOO_LARGE)]
+        if too_large:
+            # The broker refuses a whole record batch; blame its largest message.
+            message, error = max(too_large, key=lambda failure: _size(failure[0]))
+            raise _too_large(message, f"the topic's {MAX_MESSAGE_BYTES}") from error
+        first = failures[0][1]
+        self._translated.reraise("produce", first)
+        raise BusUnavailable(f"{len(failures)} of {sent} messages not acknowledged: {first}") from first
+
+    def _discard(self) -> None:
+        producer, self._producer = self._producer, None
+        with contextlib.suppress(kafka_errors.KafkaError):  # it is broken already: nothing to save
+            producer.close(timeout=0)
 
     def close(self) -> None:
         if self._producer is not None:
             # Anything still buffered belongs to a send() that failed, whose batch stays
             # uncommitted and is produced again after a restart: no need to wait long.
-            with _translated("close producer"):
+            with self._translated("close producer"):
                 self._producer.close(timeout=PRODUCER_CLOSE_TIMEOUT_S)
             self._producer = None
 
@@ -271,11 +417,43 @@ class KafkaProducerAdapter:
 
 
 def _send_one(producer: Any, message: Outgoing) -> Any:
-    return producer.send(
-        message.topic,
-        key=message.key.encode("utf-8"),
-        value=message.value,
-        headers=list(message.headers),
+    try:
+        return producer.send(
+            message.topic,
+            key=_key_bytes(message.key),
+            value=message.value,
+            headers=list(message.headers),
+        )
+    except kafka_errors.MessageSizeTooLargeError as exc:
+        raise _too_large(message, "max_request_size (max_message_bytes)") from exc
+
+
+def _size(message: Outgoing) -> int:
+    headers = sum(len(name) + len(value) for name, value in message.headers)
+    return len(_key_bytes(message.key)) + len(message.value or b"") + headers
+
+
+def _key_bytes(key: str) -> bytes:
+    """The key's bytes: a key polled with undecodable bytes goes back out unchanged.
+
+    A lone surrogate that did not come from decoding (e.g. ``"\\ud800"`` in an event's
+    JSON) has no UTF-8 form; it is written as its surrogate code unit rather than making
+    the send fail, since even its dead letter has to be written under that key.
+    """
+    try:
+        return key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "surrogatepass")
+
+
+def _shown(key: str, limit: int = 200) -> str:
+    """A key for a message: repr (undecodable bytes show as escapes), bounded in length."""
+    return repr(key) if len(key) <= limit else f"{key[:limit]!r}... ({len(key)} characters)"
+
+
+def _too_large(message: Outgoing, limit: str) -> MessageTooLarge:
+    return MessageTooLarge(
+        f"message for key {_shown(message.key)} to {message.topic} is {_size(message)} bytes, over {limit}"
     )
 
 
@@ -301,17 +479,19 @@ class KafkaConsumerAdapter:
         topics: Sequence[str],
         keepalive_s: float,
         probe_ms: int,
+        translated: _Translator,
     ) -> None:
         self._factory = factory
         self._group = group
         self._topics = list(topics)
         self._keepalive_s = keepalive_s
         self._probe_ms = probe_ms
+        self._translated = translated
         self._lock = threading.RLock()
         self._consumer: Any = None
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        with self._lock, _translated("poll"):
+        with self._lock, self._translated("poll"):
             consumer = self._client()
             if not consumer.assignment():
                 # Joining (or rebalancing: eager assignors revoke everything first).
@@ -327,7 +507,7 @@ class KafkaConsumerAdapter:
         offsets = next_offsets(records)
         if not offsets:
             return
-        with self._lock, _translated("commit"):
+        with self._lock, self._translated("commit"):
             consumer = self._client()
             assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
             lost = sorted(set(offsets) - assigned)
@@ -344,7 +524,7 @@ class KafkaConsumerAdapter:
             raise CommitLost(f"partitions {lost} were reassigned before the commit")
 
     def lag(self) -> dict[tuple[str, int], int]:
-        with self._lock, _translated("lag"):
+        with self._lock, self._translated("lag"):
             consumer = self._client()
             assigned = sorted(consumer.assignment())
             if not assigned:
@@ -386,7 +566,7 @@ class KafkaConsumerAdapter:
             if self._consumer is not None:
                 # Leaves the group at once, so the partitions move without waiting for
                 # the session timeout; nothing is auto-committed.
-                with _translated("close consumer"):
+                with self._translated("close consumer"):
                     self._consumer.close(autocommit=False)
                 self._consumer = None
 
@@ -403,7 +583,9 @@ def _record(raw: Any) -> Record:
         topic=raw.topic,
         partition=raw.partition,
         offset=raw.offset,
-        key=raw.key.decode("utf-8") if raw.key is not None else None,
+        # Never raises: undecodable bytes become lone surrogates the stages can reject,
+        # and encode back to the same bytes (e.g. into the DLQ).
+        key=raw.key.decode("utf-8", "surrogateescape") if raw.key is not None else None,
         value=raw.value,
         headers=tuple((name, bytes(value)) for name, value in raw.headers or ()),
         timestamp_ms=raw.timestamp,
@@ -489,35 +671,113 @@ def _names(partitions: Any) -> list[str]:
     return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
 
 
-def _topic_options(spec: TopicSpec) -> dict[str, Any]:
-    return {
-        "num_partitions": spec.partitions,
-        "replication_factor": spec.replication,
-        "configs": BASE_TOPIC_CONFIGS | (COMPACTED_TOPIC_CONFIGS if spec.compacted else {}),
-    }
+def _message_limit(configs: dict[str, Any]) -> int:
+    value = configs.get(MAX_MESSAGE_BYTES, {}).get("value")
+    return int(value) if value is not None else 0
 
 
-def _check_topic_errors(response: dict[str, Any], ignore: int) -> None:
+def _check_topic_errors(response: dict[str, Any], ignore: int) -> list[str]:
+    """Raise the first real error of a topics response; return the topics with ``ignore``."""
+    ignored = []
     for topic in response.get("topics", []):
         code = topic.get("error_code", 0)
-        if code not in (0, ignore):
+        if code == ignore:
+            ignored.append(str(topic.get("name")))
+        elif code != 0:
             error = kafka_errors.for_code(code)(topic.get("error_message") or topic.get("name"))
             _raise_translated(f"topic {topic.get('name')}", error)
+    return ignored
 
 
-@contextlib.contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Turn kafka-python exceptions into the pipeline's error tree."""
-    try:
-        yield
-    except kafka_errors.KafkaError as exc:
-        _raise_translated(action, exc)
+def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
+    return client_context(
+        settings.ssl_cafile,
+        check_hostname=settings.ssl_check_hostname,
+        certfile=settings.ssl_certfile,
+        keyfile=settings.ssl_keyfile,
+        password=settings.ssl_password,
+    )
+
+
+class _Translator:
+    """Turns kafka-python exceptions into the pipeline's error tree, as a context manager.
+
+    It knows the connection settings, so a rejection says who was rejected and what to
+    check, and never shows a password.
+    """
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+
+    @contextlib.contextmanager
+    def __call__(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except kafka_errors.KafkaError as exc:
+            self.reraise(action, exc)
+            _raise_translated(action, exc)
+
+    def reraise(self, action: str, exc: BaseException) -> None:
+        """Raise :class:`AuthenticationFailed` if ``exc`` is a rejection; else return."""
+        if isinstance(exc, kafka_errors.SaslAuthenticationFailedError):
+            raise AuthenticationFailed(f"kafka {action}: {self._login_rejected(exc)}") from exc
+        certificate = _certificate_error(exc)
+        if certificate is not None:
+            raise AuthenticationFailed(f"kafka {action}: {self._certificate_rejected(certificate)}") from exc
+
+    def _login_rejected(self, exc: BaseException) -> str:
+        settings = self._settings
+        # The broker's reason names the mechanism, never the password.
+        return (
+            f"authentication failed for user {settings.sasl_username!r} ({settings.sasl_mechanism}) "
+            f"at {settings.bootstrap}: {exc}; check kafka.sasl_username and kafka.sasl_password"
+        )
+
+    def _certificate_rejected(self, error: ssl.SSLCertVerificationError) -> str:
+        settings = self._settings
+        if error.verify_code in _NAME_MISMATCH:
+            return (
+                f"TLS hostname mismatch at {settings.bootstrap}: {_reason(error)}; connect "
+                "by a name the broker certificate carries (or set kafka.ssl_check_hostname=false)"
+            )
+        trusted = (
+            f"the CAs in kafka.ssl_cafile={settings.ssl_cafile}" if settings.ssl_cafile else "the system CAs"
+        )
+        return (
+            f"TLS certificate of the broker at {settings.bootstrap} is not trusted by {trusted}: "
+            f"{_reason(error)}; set kafka.ssl_cafile to the CA that signed it"
+        )
+
+
+def _reason(error: ssl.SSLCertVerificationError) -> str:
+    return str(error.verify_message or error).rstrip(".")
+
+
+def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``exc``, if any.
+
+    kafka-python wraps a failed TLS handshake in a KafkaConnectionError raised while
+    handling the ssl error, so the cause is on the exception chain, not in its type.
+    """
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _is_rejection(exc: BaseException | None) -> bool:
+    return isinstance(exc, kafka_errors.SaslAuthenticationFailedError) or _certificate_error(exc) is not None
 
 
 def _raise_translated(action: str, exc: Exception) -> NoReturn:
     if isinstance(exc, kafka_errors.CommitFailedError | kafka_errors.RebalanceInProgressError):
         # Our generation is over; the partitions' next owner redelivers the batch.
         raise CommitLost(f"{action}: {exc}") from exc
+    if isinstance(exc, _TOO_LARGE):
+        # A request over the broker's limits: retrying the same request cannot help.
+        raise MessageTooLarge(f"kafka {action}: {exc}") from exc
     if getattr(exc, "retriable", False):
         # Broker down, timeouts, connection errors, leader moves: the same call can work later.
         raise BusUnavailable(f"kafka {action} failed: {exc}") from exc

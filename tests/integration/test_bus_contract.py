@@ -1,7 +1,8 @@
 """One behavioural contract, two adapters: what the stages rely on from any ``Bus``.
 
-Every test runs against the in-process bus and against a real Kafka broker, so the
-embedded mode and the Kafka deployment cannot drift apart unnoticed.
+Every test runs against the in-process bus and against a real Kafka broker, over
+PLAINTEXT and over SASL_SSL (SCRAM-SHA-512, verified TLS), so the embedded mode and the
+Kafka deployment, secured or not, cannot drift apart unnoticed.
 """
 
 from __future__ import annotations
@@ -36,19 +37,31 @@ class Topics:
         return f"{self._prefix}.{name}"
 
 
-@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
-def bus(request: pytest.FixtureRequest) -> Bus:
+#: Kafka variants: the fixtures that give each one's bus and settings.
+KAFKA_FIXTURES = {
+    "kafka": ("kafka_bus", "kafka_settings"),
+    "kafka-sasl-ssl": ("sasl_ssl_bus", "sasl_ssl_settings"),
+}
+
+
+@pytest.fixture(params=["memory", *(pytest.param(name, marks=pytest.mark.kafka) for name in KAFKA_FIXTURES)])
+def adapter(request: pytest.FixtureRequest) -> tuple[Bus, str]:
+    """The bus under test and the topic prefix that is this test's own."""
     if request.param == "memory":
-        return InMemoryBus(default_partitions=PARTITIONS)
-    kafka_bus: Bus = request.getfixturevalue("kafka_bus")
-    return kafka_bus
+        return InMemoryBus(default_partitions=PARTITIONS), "t"
+    bus_fixture, settings_fixture = KAFKA_FIXTURES[request.param]
+    kafka_bus: Bus = request.getfixturevalue(bus_fixture)
+    return kafka_bus, request.getfixturevalue(settings_fixture).topic_prefix
 
 
 @pytest.fixture
-def topic(bus: Bus, request: pytest.FixtureRequest) -> Topics:
-    if isinstance(bus, InMemoryBus):
-        return Topics(bus, "t")
-    return Topics(bus, request.getfixturevalue("kafka_settings").topic_prefix)
+def bus(adapter: tuple[Bus, str]) -> Bus:
+    return adapter[0]
+
+
+@pytest.fixture
+def topic(adapter: tuple[Bus, str]) -> Topics:
+    return Topics(*adapter)
 
 
 @pytest.fixture

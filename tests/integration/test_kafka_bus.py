@@ -9,14 +9,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from pipeline.bus import Consumer, Outgoing, Record, TopicSpec
 from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
-from pipeline.errors import BusUnavailable, CommitLost
+from pipeline.errors import BusUnavailable, CommitLost, MessageTooLarge
 from pipeline.observe import NullObserver
 from pipeline.settings import KafkaSettings
 from pipeline.worker import Worker
@@ -323,13 +324,136 @@ def test_one_megabyte_value_round_trips(
     kafka_bus: KafkaBus, kafka_settings: KafkaSettings, poll_until: PollUntil
 ):
     """A 1 MB incompressible value (a large vectors event) is produced and consumed intact."""
-    events = make_topic(kafka_bus, kafka_settings, "vectors")
     value = os.urandom(1_000_000)
-    send(kafka_bus, [Outgoing(events, "big", value)])
+    assert round_trip(kafka_bus, kafka_settings, value, poll_until) == value
 
-    reader = kafka_bus.consumer(f"{kafka_settings.topic_prefix}.reader", [events])
+
+def round_trip(bus: KafkaBus, settings: KafkaSettings, value: bytes, poll_until: PollUntil) -> bytes | None:
+    """Produce ``value`` to a new topic and read it back with a new group."""
+    events = make_topic(bus, settings, "big", partitions=1)
+    send(bus, [Outgoing(events, "big", value)])
+    reader = bus.consumer(f"{settings.topic_prefix}.reader", [events])
     try:
         (record,) = poll_until(reader, at_least(1))
     finally:
         reader.close()
-    assert record.value == value
+    return record.value
+
+
+def test_non_utf8_key_is_polled_and_produced_back_byte_for_byte(
+    kafka_bus: KafkaBus, kafka_settings: KafkaSettings, poll_until: PollUntil
+):
+    """A key that is not UTF-8 polls without error and is produced back with identical bytes."""
+    source = make_topic(kafka_bus, kafka_settings, "raw")
+    copies = make_topic(kafka_bus, kafka_settings, "copies")
+    key = b"docs/caf\xe9-\xff\xfe"  # Latin-1 bytes: invalid UTF-8
+    raw = KafkaProducer(bootstrap_servers=kafka_settings.bootstrap)
+    try:
+        raw.send(source, key=key, value=b"body").get(timeout=20)
+    finally:
+        raw.close()
+
+    reader = kafka_bus.consumer(f"{kafka_settings.topic_prefix}.reader", [source])
+    try:
+        (record,) = poll_until(reader, at_least(1))
+    finally:
+        reader.close()
+    assert record.key is not None
+    assert record.key.encode("utf-8", "surrogateescape") == key
+    send(kafka_bus, [Outgoing(copies, record.key, record.value)])
+
+    assert [(r.key, r.value) for r in raw_records(kafka_settings, copies, 1)] == [(key, b"body")]
+
+
+def raw_records(settings: KafkaSettings, topic: str, count: int) -> list[Any]:
+    """Records as kafka-python sees them (keys as bytes), read from the start; fails after 20 s."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    received: list[Any] = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(received) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                received.extend(batch)
+    finally:
+        consumer.close()
+    assert len(received) >= count, f"got {len(received)} of {count} records"
+    return received
+
+
+def message_limits(settings: KafkaSettings, *topics: str) -> dict[str, int]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    try:
+        configs = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, ["max.message.bytes"]) for t in topics],
+            config_filter="all",
+        )["topic"]
+    finally:
+        admin.close()
+    return {t: int(configs[t]["max.message.bytes"]["value"]) for t in topics}
+
+
+def test_ensure_topics_raises_a_lower_message_limit_and_keeps_a_higher_one(kafka_settings: KafkaSettings):
+    """Existing topics get max.message.bytes raised to the bus's limit; a higher limit is left alone."""
+    small, large, wanted = 150_000, 9_000_000, 3_000_000
+    low, high = f"{kafka_settings.topic_prefix}.low", f"{kafka_settings.topic_prefix}.high"
+    buses = [KafkaBus(kafka_settings, max_message_bytes=size, timeouts=IMPATIENT) for size in (small, large)]
+    bus = KafkaBus(kafka_settings, max_message_bytes=wanted, timeouts=IMPATIENT)
+    try:
+        buses[0].ensure_topics([TopicSpec(low, 1)])
+        buses[1].ensure_topics([TopicSpec(high, 1)])
+        assert message_limits(kafka_settings, low, high) == {low: small, high: large}
+
+        bus.ensure_topics([TopicSpec(low, 1), TopicSpec(high, 1)])
+
+        assert message_limits(kafka_settings, low, high) == {low: wanted, high: large}
+    finally:
+        bus.delete_topics([low, high])
+        for each in (*buses, bus):
+            each.close()
+
+
+def test_message_within_a_raised_limit_round_trips(kafka_settings: KafkaSettings, poll_until: PollUntil):
+    """With max_message_bytes above the broker default, producer, topic and consumer all accept it."""
+    bus = KafkaBus(kafka_settings, max_message_bytes=6_000_000, timeouts=IMPATIENT)
+    value = os.urandom(5_000_000)
+    try:
+        assert round_trip(bus, kafka_settings, value, poll_until) == value
+    finally:
+        bus.delete_topics([t for t in bus.list_topics() if t.startswith(kafka_settings.topic_prefix)])
+        bus.close()
+
+
+def test_message_over_the_producer_limit_is_poison_naming_its_key(
+    kafka_bus: KafkaBus, kafka_settings: KafkaSettings
+):
+    """A message over max_message_bytes is MessageTooLarge naming key and size; the producer goes on."""
+    events = make_topic(kafka_bus, kafka_settings, "events", partitions=1)
+    small = KafkaBus(kafka_settings, max_message_bytes=100_000, timeouts=IMPATIENT)
+    producer = small.producer()
+    try:
+        with pytest.raises(MessageTooLarge, match=r"key 'docs/big\.md'.* 200\d{3} bytes"):
+            producer.send([Outgoing(events, "docs/big.md", os.urandom(200_000))])
+        producer.send([Outgoing(events, "docs/small.md", b"fits")])  # the producer is still usable
+    finally:
+        producer.close()
+        small.close()
+
+
+def test_message_over_the_topic_limit_is_poison_naming_its_key(
+    kafka_bus: KafkaBus, kafka_settings: KafkaSettings
+):
+    """A message the broker refuses as too large for the topic raises MessageTooLarge, not a fatal error."""
+    strict = KafkaBus(kafka_settings, max_message_bytes=100_000, timeouts=IMPATIENT)
+    try:
+        events = make_topic(strict, kafka_settings, "strict", partitions=1)  # topic limit 100 kB
+    finally:
+        strict.close()
+    producer = kafka_bus.producer()  # client limit 2 MB: the broker has to refuse it
+    try:
+        with pytest.raises(MessageTooLarge, match=r"key 'docs/big\.md'.*max\.message\.bytes"):
+            producer.send([Outgoing(events, "docs/big.md", os.urandom(300_000))])
+        producer.send([Outgoing(events, "docs/small.md", b"fits")])
+    finally:
+        producer.close()

@@ -24,7 +24,8 @@ def open_store(settings: Settings) -> VectorStore:
 
 
 def make_encoder(settings: Settings) -> Encoder:
-    return SentenceTransformerEncoder(settings.model)
+    # The state dir holds the ONNX export that serves small calls without importing torch.
+    return SentenceTransformerEncoder(settings.model, state_dir=settings.state_dir)
 
 
 def make_chunker(encoder: Encoder, settings: Settings) -> Chunker:

@@ -1,7 +1,9 @@
 """The ``Encoder`` port and its sentence-transformers adapter.
 
 The adapter is the only module that imports torch or sentence-transformers. The model is
-loaded lazily: a re-index that finds every chunk in the cache never pays for it.
+loaded lazily: a re-index that finds every chunk in the cache never pays for it, and a call
+of a few texts goes to the ONNX backend (``pipeline/onnx_encoder.py``) so that a one-shot
+``search`` or small ``index`` never imports torch at all. Both give the same vectors.
 """
 
 from __future__ import annotations
@@ -11,15 +13,29 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from pipeline import onnx_encoder
 from pipeline.chunking import Span
-from pipeline.errors import ConfigError, InvalidVectors, ModelNotAvailable
+from pipeline.encode_plan import (
+    CPU_TOKEN_BUDGET,
+    Device,
+    activation_bytes_per_token,
+    choose_device,
+    choose_dtype,
+    pad_features,
+    pin_host_memory,
+    token_batches,
+    token_budget,
+    use_small_backend,
+)
+from pipeline.errors import InvalidVectors, ModelNotAvailable
 from pipeline.events import Matrix
+from pipeline.onnx_encoder import MODEL_INPUTS, ArtefactState, OnnxSession
 from pipeline.settings import ModelSettings
 
 if TYPE_CHECKING:
@@ -27,18 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CPU_TOKEN_BUDGET = 4096
-GPU_TOKEN_BUDGET = 65536
 BUNDLED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-_FINGERPRINT_FILES = (
-    "modules.json",
-    "config.json",
-    "sentence_bert_config.json",
-    "config_sentence_transformers.json",
-    "1_Pooling/config.json",
-    "tokenizer.json",
-    "vocab.txt",
-)
 
 
 class Encoder(Protocol):
@@ -79,18 +84,49 @@ def model_fingerprint(path: Path, settings: ModelSettings, max_tokens: int, labe
     """Hash of everything that changes a vector: weights, configs, prefix, length, pooling.
 
     Cache keys and vectors events carry it, so a different model (or the same model used
-    differently) can never reuse a stale vector.
+    differently) can never reuse a stale vector. Which backend encodes is not part of it:
+    every backend must give the same vectors for the same model.
     """
     digest = hashlib.sha256()
-    for name in _FINGERPRINT_FILES:
-        file = path / name
-        if file.is_file():
-            digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
-    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        digest.update(_file_digest(weights).encode())
+    for relative, file in model_files(path):
+        digest.update(relative.encode() + b"\0" + _file_digest(file).encode() + b"\0")
     usage = {"prefix": settings.document_prefix, "max_tokens": max_tokens, "normalize": True}
     digest.update(json.dumps(usage, sort_keys=True).encode())
     return f"{label}@{digest.hexdigest()[:16]}"
+
+
+def model_files(path: Path) -> list[tuple[str, Path]]:
+    """(relative path, file) of every file a sentence-transformers load reads, sorted.
+
+    The root's own files, and every file under each module folder that modules.json lists
+    (2_Dense/ weights and config, …), recursively. Documentation and hidden files (a
+    model card, .gitattributes, a hub cache) cannot change a vector and are left out, so
+    re-saving a model card does not orphan a cache. Extra root folders that no module
+    names (onnx/, openvino/ exports) are not read by the torch load either.
+    """
+    files = {f.name: f for f in path.iterdir() if f.is_file() and _counts(f.name)}
+    for folder in _module_folders(path):
+        for file in folder.rglob("*"):
+            relative = file.relative_to(path)
+            if file.is_file() and all(_counts(part) for part in relative.parts):
+                files[relative.as_posix()] = file
+    return sorted(files.items())
+
+
+def _module_folders(path: Path) -> list[Path]:
+    manifest = path / "modules.json"
+    if not manifest.is_file():
+        return []
+    try:
+        modules = json.loads(manifest.read_text())
+    except ValueError as exc:
+        raise ModelNotAvailable(f"{manifest} is not valid JSON: {exc}") from exc
+    folders = {str(m.get("path", "")) for m in modules if isinstance(m, dict)}
+    return [path / folder for folder in sorted(folders) if folder and (path / folder).is_dir()]
+
+
+def _counts(name: str) -> bool:
+    return not name.startswith(".") and not name.lower().endswith(".md")
 
 
 def _label(name: str, path: Path) -> str:
@@ -105,27 +141,6 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def token_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices grouped so each batch's padded size (count x longest) stays under budget.
-
-    Sorting by length first means little padding, which is most of the win on CPU.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for index in order:
-        longest_if_added = max(longest, lengths[index], 1)
-        if current and longest_if_added * (len(current) + 1) > budget:
-            batches.append(current)
-            current, longest_if_added = [], max(lengths[index], 1)
-        current.append(index)
-        longest = longest_if_added
-    if current:
-        batches.append(current)
-    return batches
-
-
 def check_shape(matrix: Matrix, expected_rows: int) -> Matrix:
     """One row per text. Non-finite rows are left for the embed stage to dead-letter
     per document, so one bad text does not sink its whole batch."""
@@ -135,18 +150,30 @@ def check_shape(matrix: Matrix, expected_rows: int) -> Matrix:
 
 
 class SentenceTransformerEncoder:
-    """sentence-transformers on CUDA (fp16) when present, else CPU; loaded on first use."""
+    """sentence-transformers for bulk work (CUDA in fp16 when present, else CPU), ONNX Runtime
+    for small calls while torch is not loaded; everything is loaded on first use.
 
-    def __init__(self, settings: ModelSettings) -> None:
+    ``state_dir`` is where the ONNX artefact is cached (``<state_dir>/models/``); without it
+    every call runs on torch.
+    """
+
+    def __init__(self, settings: ModelSettings, state_dir: Path | None = None) -> None:
         self._settings = settings
         self._path = resolve_model_path(settings.name)
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
         self._tokenizer = _load_tokenizer(self._path)
+        self._specials = int(self._tokenizer.num_special_tokens_to_add(False))
         self._max_tokens = settings.max_seq_length or _configured_max_length(self._path)
         self._fingerprint = model_fingerprint(
             self._path, settings, self._max_tokens, label=_label(settings.name, self._path)
         )
+        self._small_dir = (
+            onnx_encoder.artefact_dir(state_dir / "models", self._fingerprint) if state_dir else None
+        )
+        self._small: OnnxSession | ArtefactState | None = None  # None: not looked for yet
+        self._budget = 0
+        self._torch_inputs: list[str] = []  # set on CUDA: our overlapped loop feeds the model
 
     @property
     def fingerprint(self) -> str:
@@ -159,6 +186,13 @@ class SentenceTransformerEncoder:
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def backend(self) -> str:
+        """What encodes now: ``torch``, ``onnx``, or ``none`` before the first encode."""
+        if self._model is not None:
+            return "torch"
+        return "onnx" if isinstance(self._small, OnnxSession) else "none"
 
     def offsets(self, text: str) -> list[Span]:
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
@@ -176,33 +210,95 @@ class SentenceTransformerEncoder:
         prefix = self._settings.query_prefix
         return self._encode([prefix + t for t in texts])
 
+    def prepare_small_backend(self) -> bool:
+        """Build the ONNX artefact now if it is missing (loads torch); True when it is usable.
+
+        Worth calling at the end of a run that loaded torch anyway (a first index): the
+        next small update or search then starts fast instead of building it itself.
+        """
+        if self._small_dir is None:
+            return False
+        with self._lock:
+            if self._small is None:
+                self._small = onnx_encoder.load(self._small_dir, self._fingerprint, self.features)
+        if self._small == "missing":
+            self._build_small_backend(self._load())
+        return isinstance(self._small, OnnxSession)
+
+    def features(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Padded model inputs for ``texts``, exactly as sentence-transformers builds them."""
+        return pad_features(self._model_encodings(texts), MODEL_INPUTS)
+
     def _encode(self, texts: Sequence[str]) -> Matrix:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
+        encodings = self._model_encodings(texts)
+        lengths = [len(e.ids) for e in encodings]
+        small_call = use_small_backend(sum(lengths), self._model is not None, self._small_dir is not None)
+        session = self._small_session() if small_call else None
+        if session is not None:
+            return self._run_batches(session.run, encodings, lengths, session.inputs, CPU_TOKEN_BUDGET)
         model = self._load()
-        lengths = self.count_tokens(texts)
-        batches = token_batches(lengths, self._token_budget(model))
-        parts: list[Matrix] = []
-        for batch in batches:
-            vectors = model.encode(
-                [texts[i] for i in batch],
-                batch_size=len(batch),
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            parts.append(np.asarray(vectors, dtype=np.float32))
-        merged = np.concatenate(parts)
-        result = np.empty_like(merged)
-        result[[i for batch in batches for i in batch]] = merged
-        return check_shape(result, len(texts))
+        if self._torch_inputs:
+            batches = token_batches(lengths, self._budget)
+            features = (pad_features([encodings[i] for i in b], self._torch_inputs) for b in batches)
+            result = check_shape(_reassemble(batches, encode_overlapped(model, features)), len(texts))
+        else:
+            result = self._encode_with_st(model, texts, lengths)
+        if small_call and self._small == "missing":
+            self._build_small_backend(model)  # torch is loaded now: the one cheap moment to export
+        return result
 
-    def _token_budget(self, model: SentenceTransformer) -> int:
-        # Measured: on CPU, batches past ~4k padded tokens get slower per chunk (cache
-        # misses); a GPU wants large batches to stay busy.
-        if self._settings.token_budget:
-            return self._settings.token_budget
-        return GPU_TOKEN_BUDGET if model.device.type == "cuda" else CPU_TOKEN_BUDGET
+    def _encode_with_st(self, model: SentenceTransformer, texts: Sequence[str], lengths: list[int]) -> Matrix:
+        batches = token_batches(lengths, self._budget)
+        parts = [
+            model.encode(
+                [texts[i] for i in batch], batch_size=len(batch), normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
+            for batch in batches
+        ]  # fmt: skip
+        return check_shape(_reassemble(batches, parts), len(texts))
+
+    def _run_batches(
+        self,
+        run: Callable[[dict[str, np.ndarray]], Matrix],
+        encodings: Sequence[Any],
+        lengths: list[int],
+        names: Sequence[str],
+        budget: int,
+    ) -> Matrix:
+        batches = token_batches(lengths, budget)
+        features = (pad_features([encodings[i] for i in batch], names) for batch in batches)
+        return check_shape(_reassemble(batches, [run(f) for f in features]), len(encodings))
+
+    def _model_encodings(self, texts: Sequence[str]) -> list[Any]:
+        """Token ids with the model's special tokens, truncated to its length, unpadded."""
+        room = max(self._max_tokens - self._specials, 1)
+        encodings = []
+        for encoding in self._tokenizer.encode_batch(list(texts), add_special_tokens=False):
+            if len(encoding.ids) > room:
+                encoding.truncate(room)
+            encodings.append(self._tokenizer.post_process(encoding))
+        return encodings
+
+    def _small_session(self) -> OnnxSession | None:
+        assert self._small_dir is not None
+        with self._lock:
+            if self._small is None:
+                self._small = onnx_encoder.load(self._small_dir, self._fingerprint, self.features)
+        return self._small if isinstance(self._small, OnnxSession) else None
+
+    def _build_small_backend(self, model: SentenceTransformer) -> None:
+        assert self._small_dir is not None
+        log.info("building the ONNX backend for small calls (once per model and state dir)")
+        try:
+            on_cpu = model if model.device.type == "cpu" else _load_model(self._path, "cpu", self._max_tokens)
+            built = onnx_encoder.build(on_cpu, self._small_dir, self._fingerprint, self.features)
+        except Exception:  # the vectors are already computed; try again next time
+            log.warning("could not build the ONNX backend; small calls stay on torch", exc_info=True)
+            return
+        self._small = built if built is not None else "refused"
 
     def load(self) -> SentenceTransformer:
         """The underlying model, loaded on first call (benchmarks share it)."""
@@ -211,8 +307,85 @@ class SentenceTransformerEncoder:
     def _load(self) -> SentenceTransformer:
         with self._lock:
             if self._model is None:
-                self._model = _load_model(self._path, self._settings, self._max_tokens)
+                model = _load_model(self._path, self._settings.device, self._max_tokens)
+                device: Device = "cuda" if model.device.type == "cuda" else "cpu"
+                self._budget = token_budget(device, self._settings.token_budget, *_gpu_memory(model))
+                # On CUDA, our own loop overlaps host work with the GPU; it needs our token
+                # features to be exactly the ones sentence-transformers would build.
+                self._torch_inputs = self._matching_inputs(model) if device == "cuda" else []
+                self._model = model
             return self._model
+
+    def _matching_inputs(self, model: SentenceTransformer) -> list[str]:
+        """The model's input names if our features equal sentence-transformers' on the probes."""
+        probes = list(onnx_encoder.BUILD_PROBES)
+        theirs = model.preprocess(probes)
+        ours = self.features(probes)
+        names = [n for n, v in theirs.items() if hasattr(v, "shape")]
+        same = all(n in ours and np.array_equal(theirs[n].cpu().numpy(), ours[n]) for n in names)
+        return names if same and names else []
+
+
+def _reassemble(batches: list[list[int]], parts: Sequence[Matrix]) -> Matrix:
+    """Rows back in the callers' order (batches were sorted by length)."""
+    merged = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+    result = np.empty_like(merged)
+    result[[i for batch in batches for i in batch]] = merged
+    return result
+
+
+def encode_overlapped(model: SentenceTransformer, batches: Iterable[dict[str, np.ndarray]]) -> list[Matrix]:
+    """Run padded feature batches through ``model`` keeping two batches in flight.
+
+    On CUDA the forward pass and the device-to-host copy are queued asynchronously, so the
+    host builds and copies the next batch (from page-locked memory) while the GPU computes
+    this one; results are collected one batch behind. On CPU it is a plain loop.
+    """
+    import torch
+
+    device = model.device
+    pin = pin_host_memory("cuda" if device.type == "cuda" else "cpu")
+    parts: list[Matrix] = []
+    in_flight: list[tuple[torch.Tensor, Any]] = []
+    with torch.inference_mode():
+        for features in batches:
+            inputs = {name: _to_device(torch.from_numpy(a), device, pin) for name, a in features.items()}
+            vectors = torch.nn.functional.normalize(model(inputs)["sentence_embedding"].float(), p=2, dim=1)
+            host = torch.empty(vectors.shape, dtype=torch.float32, pin_memory=pin)
+            host.copy_(vectors, non_blocking=pin)
+            done = torch.cuda.Event() if pin else None  # type: ignore[no-untyped-call]
+            if done is not None:
+                done.record()
+            in_flight.append((host, done))
+            if len(in_flight) > 1:
+                parts.append(_collect(*in_flight.pop(0)))
+        parts.extend(_collect(host, done) for host, done in in_flight)
+    return parts
+
+
+def _to_device(tensor: Any, device: Any, pin: bool) -> Any:
+    return tensor.pin_memory().to(device, non_blocking=True) if pin else tensor.to(device)
+
+
+def _collect(host: Any, done: Any) -> Matrix:
+    if done is not None:
+        done.synchronize()
+    return np.asarray(host.numpy(), dtype=np.float32)
+
+
+def _gpu_memory(model: SentenceTransformer) -> tuple[int | None, int]:
+    """(free bytes, activation bytes per token) on CUDA; (None, 0) elsewhere."""
+    if model.device.type != "cuda":
+        return None, 0
+    import torch
+
+    transformer: Any = model[0]
+    config = transformer.auto_model.config
+    free, _total = torch.cuda.mem_get_info(model.device)
+    per_token = activation_bytes_per_token(
+        int(model.max_seq_length or 512), int(config.hidden_size), int(config.num_attention_heads), "float16"
+    )
+    return int(free), per_token
 
 
 def _load_tokenizer(path: Path) -> Any:
@@ -243,22 +416,18 @@ def _configured_max_length(path: Path) -> int:
     return 512
 
 
-def _load_model(path: Path, settings: ModelSettings, max_tokens: int) -> SentenceTransformer:
+def _load_model(path: Path, requested_device: str, max_tokens: int) -> SentenceTransformer:
     import torch
     import transformers
     from sentence_transformers import SentenceTransformer
 
     transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("model.device=cuda but no CUDA device is visible; use auto or cpu")
+    device = choose_device(requested_device, torch.cuda.is_available())
     started = time.perf_counter()
     model = SentenceTransformer(str(path), device=device, local_files_only=True)
     model.max_seq_length = max_tokens
-    if device == "cuda":
+    if choose_dtype(device) == "float16":
         model.half()
     log.info(
         "model loaded",

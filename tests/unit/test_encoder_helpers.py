@@ -1,12 +1,18 @@
-"""Pure helpers of the encoder adapter: output shape checks and token-budget batching."""
+"""Pure helpers of the encoder adapter: shape checks, token-budget batching, the model fingerprint."""
 
 from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.encoder import check_shape, token_batches
+from pipeline.encode_plan import token_batches
+from pipeline.encoder import check_shape, model_fingerprint
 from pipeline.errors import InvalidVectors
+from pipeline.settings import ModelSettings
 
 
 def test_non_finite_rows_pass_the_shape_check():
@@ -30,3 +36,62 @@ def test_token_batches_respect_the_budget_and_cover_every_text():
     for batch in batches:
         assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 512
     assert batches[0][0] in (1, 5)  # longest first
+
+
+def fake_model_dir(root: Path) -> Path:
+    """A sentence-transformers layout on disk: root transformer, pooling and a Dense module."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+    ]
+    files = {
+        "modules.json": json.dumps(modules),
+        "config.json": '{"hidden_size": 32}',
+        "model.safetensors": "root weights",
+        "tokenizer.json": "{}",
+        "README.md": "model card",
+        "1_Pooling/config.json": '{"pooling_mode_mean_tokens": true}',
+        "2_Dense/config.json": '{"in_features": 32, "out_features": 16}',
+        "2_Dense/model.safetensors": "dense weights",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def fingerprint_of(path: Path) -> str:
+    return model_fingerprint(path, ModelSettings(), 128, label="m")
+
+
+@pytest.mark.parametrize(
+    "changed", ["2_Dense/model.safetensors", "2_Dense/config.json", "1_Pooling/config.json", "config.json"]
+)
+def test_fingerprint_covers_every_file_of_every_module(tmp_path, changed):
+    """Two model folders that differ in any file of any listed module never share a fingerprint."""
+    original = fake_model_dir(tmp_path / "a")
+    copy = tmp_path / "b"
+    shutil.copytree(original, copy)
+    assert fingerprint_of(copy) == fingerprint_of(original)
+    (copy / changed).write_text((copy / changed).read_text() + " changed")
+    assert fingerprint_of(copy) != fingerprint_of(original)
+
+
+def test_fingerprint_reads_module_folders_recursively(tmp_path):
+    """A file nested below a module folder (weights in a sub-folder) is part of the fingerprint."""
+    model = fake_model_dir(tmp_path / "a")
+    before = fingerprint_of(model)
+    (model / "2_Dense" / "extra").mkdir()
+    (model / "2_Dense" / "extra" / "weights.bin").write_bytes(b"\x00\x01")
+    assert fingerprint_of(model) != before
+
+
+def test_fingerprint_ignores_the_model_card_and_hidden_files(tmp_path):
+    """Re-saving a model card or a hub cache folder does not orphan the embedding cache."""
+    model = fake_model_dir(tmp_path / "a")
+    before = fingerprint_of(model)
+    (model / "README.md").write_text("a new model card")
+    (model / ".cache").mkdir()
+    (model / ".cache" / "lock").write_text("x")
+    assert fingerprint_of(model) == before

@@ -3,18 +3,41 @@
 Every write waits for Qdrant's acknowledgement (``wait=True``) so the sink may commit its
 offsets right after. ``location=":memory:"`` runs qdrant-client's local mode, which the
 contract tests use where no server is running.
+
+Requests stay well under the server's size limit (32 MiB by default): writes are split by
+their estimated JSON size (:func:`split_by_bytes`). Answers become the error tree: 5xx,
+429 and network faults are :class:`StoreUnavailable` (retried); 401/403 and a server
+certificate we do not trust are :class:`AuthenticationFailed`; any other 4xx to a write
+(but 404/409) is :class:`StoreRejected`, so the sink dead-letters that event and goes on.
+The API key goes over plain ``http://`` only to a loopback host, or when explicitly allowed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import ssl
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from pipeline.errors import StoreUnavailable
+from pipeline.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    EmbedstreamError,
+    FatalError,
+    StoreRejected,
+    StoreUnavailable,
+)
+from pipeline.settings import StoreSettings
 from pipeline.store import (
     DOC_KEY,
     VERSION,
@@ -28,7 +51,18 @@ from pipeline.store import (
 )
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 _DATATYPES = {"float32": qm.Datatype.FLOAT32, "float16": qm.Datatype.FLOAT16}
+#: Default bound on one write request's JSON body: a quarter of Qdrant's default limit.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+#: JSON bytes of one vector component at most (``-1.2345678901234567e-05,``).
+_FLOAT_JSON_BYTES = 24
+#: JSON bytes of a point id with its quotes and separators (UUIDs are 36 characters).
+_ID_JSON_BYTES = 48
+#: Slack per point for the keys ``id``, ``vector``, ``payload`` and the braces.
+_POINT_JSON_BYTES = 48
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+_INSECURE_KEY_WARNING = "Api key is used with an insecure connection"
 
 
 class ServerStore:
@@ -38,64 +72,125 @@ class ServerStore:
         api_key: str | None = None,
         timeout_s: float = 10.0,
         location: str | None = None,
+        *,
+        ca_file: Path | None = None,
+        allow_insecure_api_key: bool = False,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
+        """Connect to ``url`` (``location=":memory:"``: qdrant-client's local mode instead).
+
+        Raises :class:`ConfigError` when ``api_key`` would cross the network in clear
+        text: over ``http://`` to a host that is not loopback, unless allowed.
+        """
+        self._max_request_bytes = max_request_bytes
+        self._url = url or location or ""
+        # qdrant-client's local mode ignores quantization and reports none.
+        self._reports_quantization = location is None
         if location is not None:
             self._client = QdrantClient(location=location)
-        else:
-            self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
+            return
+        refuse_clear_text_key(url, api_key, allow_insecure_api_key)
+        tls: dict[str, Any] = {}
+        if ca_file is not None:
+            # httpx verifies against this CA only. The client's background version check
+            # would not use it and only warn, so it is skipped.
+            tls = {"verify": ssl.create_default_context(cafile=str(ca_file)), "check_compatibility": False}
+        with warnings.catch_warnings():
+            # Our own check above decided that this key may go over http (loopback or allowed).
+            warnings.filterwarnings("ignore", _INSECURE_KEY_WARNING, UserWarning)
+            self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s), **tls)
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings) -> ServerStore:
+        """The store ``settings.url`` names, with its API key, CA file and request bound."""
+        key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+        return cls(
+            settings.url,
+            key,
+            settings.timeout_s,
+            ca_file=settings.ca_file,
+            allow_insecure_api_key=settings.allow_insecure_api_key,
+            max_request_bytes=settings.max_request_bytes,
+        )
 
     def collections(self) -> list[str]:
-        result = _call(self._client.get_collections)
+        result = self._call(self._client.get_collections)
         return sorted(c.name for c in result.collections)
 
     def create_collection(self, name: str, spec: CollectionSpec) -> None:
-        if _call(self._client.collection_exists, name):
-            return
-        _call(
-            self._client.create_collection,
-            name,
-            vectors_config=qm.VectorParams(
-                size=spec.dims, distance=qm.Distance.COSINE, datatype=_DATATYPES[spec.datatype]
-            ),
-            quantization_config=_quantization(spec),
-        )
-        # Sweeps and guarded writes filter on these two fields: index them.
+        """Create ``name`` if missing; an existing one must have ``spec`` (else ConfigError).
+
+        Two sinks starting together both see the collection missing; the loser of the
+        race gets 409 "already exists", which is success when the winner's spec is ours.
+        """
+        if self._call(self._client.collection_exists, name) or not self._create(name, spec):
+            self._check_spec(name, spec)
+        # Sweeps and guarded writes filter on these two fields: index them (idempotent).
         indexed = ((DOC_KEY, qm.PayloadSchemaType.KEYWORD), (VERSION, qm.PayloadSchemaType.INTEGER))
         for field, schema in indexed:
-            _call(self._client.create_payload_index, name, field_name=field, field_schema=schema, wait=True)
+            self._call(
+                self._client.create_payload_index, name, field_name=field, field_schema=schema, wait=True
+            )
+
+    def _create(self, name: str, spec: CollectionSpec) -> bool:
+        """Create the collection; False when another process created it first (409)."""
+        vectors = qm.VectorParams(
+            size=spec.dims, distance=qm.Distance.COSINE, datatype=_DATATYPES[spec.datatype]
+        )
+        try:
+            self._call(
+                self._client.create_collection,
+                name,
+                vectors_config=vectors,
+                quantization_config=_quantization(spec),
+            )
+        except _Conflict:
+            return False
+        return True
+
+    def _check_spec(self, name: str, spec: CollectionSpec) -> None:
+        existing = _spec_of(self._call(self._client.get_collection, name))
+        if not self._reports_quantization:
+            existing = dataclasses.replace(existing, quantization=spec.quantization)
+        if existing != spec:
+            raise ConfigError(
+                f"Qdrant collection {name} exists with {_describe(existing)}, not {_describe(spec)}; "
+                "another deployment uses this name: change index.name or create a new version"
+            )
 
     def drop_collection(self, name: str) -> None:
-        _call(self._client.delete_collection, name)
+        self._call(self._client.delete_collection, name)
 
     def upsert(self, name: str, points: Sequence[PointWrite], *, guarded: bool = False) -> None:
-        if points:
-            structs = [qm.PointStruct(id=p.id, vector=list(p.vector), payload=p.payload) for p in points]
-            condition = _guard(points) if guarded else None
-            _call(self._client.upsert, name, points=structs, update_filter=condition, wait=True)
+        for part in split_by_bytes(points, estimated_point_bytes, self._max_request_bytes):
+            structs = [qm.PointStruct(id=p.id, vector=list(p.vector), payload=p.payload) for p in part]
+            condition = _guard(part) if guarded else None
+            self._write(self._client.upsert, name, points=structs, update_filter=condition, wait=True)
 
     def set_payload(self, name: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
-        if ids:
-            selected = qm.Filter(must=[qm.HasIdCondition(has_id=list(ids)), _at_most(int(payload[VERSION]))])
-            _call(self._client.set_payload, name, payload=payload, points=selected, wait=True)
+        room = self._max_request_bytes - len(json.dumps(payload, default=str))
+        for part in split_by_bytes(ids, _id_bytes, room):
+            selected = qm.Filter(must=[qm.HasIdCondition(has_id=part), _at_most(int(payload[VERSION]))])
+            self._write(self._client.set_payload, name, payload=payload, points=selected, wait=True)
 
     def sweep(self, name: str, sweeps: Sequence[Sweep]) -> int:
         if not sweeps:
             return 0
         selected = qm.Filter(should=[_swept(s) for s in sweeps])
-        found = int(_call(self._client.count, name, count_filter=selected, exact=True).count)
+        found = int(self._call(self._client.count, name, count_filter=selected, exact=True).count)
         if found:
-            _call(self._client.delete, name, points_selector=qm.FilterSelector(filter=selected), wait=True)
+            deleting = qm.FilterSelector(filter=selected)
+            self._write(self._client.delete, name, points_selector=deleting, wait=True)
         return found
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
-        if ids:
-            selector = qm.PointIdsList(points=list(ids))
-            _call(self._client.delete, name, points_selector=selector, wait=True)
+        for part in split_by_bytes(ids, _id_bytes, self._max_request_bytes):
+            self._write(self._client.delete, name, points_selector=qm.PointIdsList(points=part), wait=True)
 
     def retrieve(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not ids:
             return {}
-        records = _call(self._client.retrieve, name, ids=list(ids), with_payload=True)
+        records = self._call(self._client.retrieve, name, ids=list(ids), with_payload=True)
         return {str(r.id): dict(r.payload or {}) for r in records}
 
     def search(self, name: str, vector: Sequence[float], options: SearchOptions) -> list[Hit]:
@@ -106,7 +201,7 @@ class ServerStore:
                     rescore=options.rescore, oversampling=options.oversampling
                 )
             )
-        response = _call(
+        response = self._call(
             self._client.query_points,
             name,
             query=list(vector),
@@ -118,7 +213,7 @@ class ServerStore:
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
     def count(self, name: str, filters: Mapping[str, Scalar] | None = None) -> int:
-        return int(_call(self._client.count, name, count_filter=_filter(filters), exact=True).count)
+        return int(self._call(self._client.count, name, count_filter=_filter(filters), exact=True).count)
 
     def scroll_ids(self, name: str) -> list[str]:
         return [point_id for point_id, _ in self._scroll(name, None, with_payload=False)]
@@ -130,7 +225,7 @@ class ServerStore:
         found: list[Scrolled] = []
         offset: Any = None
         while True:
-            records, offset = _call(
+            records, offset = self._call(
                 self._client.scroll,
                 name,
                 scroll_filter=selected,
@@ -143,7 +238,7 @@ class ServerStore:
                 return found
 
     def get_alias(self, alias: str) -> str | None:
-        for description in _call(self._client.get_aliases).aliases:
+        for description in self._call(self._client.get_aliases).aliases:
             if description.alias_name == alias:
                 return str(description.collection_name)
         return None
@@ -156,13 +251,43 @@ class ServerStore:
         operations.append(
             qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=collection, alias_name=alias))
         )
-        _call(self._client.update_collection_aliases, change_aliases_operations=operations)
+        self._call(self._client.update_collection_aliases, change_aliases_operations=operations)
 
     def flush(self) -> None:
         pass  # every write above already waited for the server's acknowledgement
 
     def close(self) -> None:
         self._client.close()
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._translated(write=False):
+            return fn(*args, **kwargs)
+
+    def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._translated(write=True):
+            return fn(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _translated(self, *, write: bool) -> Iterator[None]:
+        """qdrant-client's exceptions as the pipeline's error tree (see the module doc)."""
+        try:
+            yield
+        except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
+            certificate = _certificate_error(exc)
+            if certificate is not None:
+                raise AuthenticationFailed(
+                    f"TLS certificate of the Qdrant server at {self._url} is not trusted: "
+                    f"{certificate.verify_message}; set store.ca_file to the CA that signed it"
+                ) from exc
+            raise StoreUnavailable(f"Qdrant server: {exc}") from exc
+        except UnexpectedResponse as exc:
+            raise answer_error(exc, self._url, write=write) from exc
+        except ValueError as exc:  # local mode answers what a server answers with 409 or 400
+            if _ALREADY_EXISTS in str(exc):
+                raise _Conflict(str(exc)) from exc
+            if write:
+                raise StoreRejected(f"Qdrant rejected the write: {exc}") from exc
+            raise
 
 
 def _filter(filters: Mapping[str, Scalar] | None) -> qm.Filter | None:
@@ -215,12 +340,112 @@ def _quantization(spec: CollectionSpec) -> Any:
     return None
 
 
-def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+_ALREADY_EXISTS = "already exists"
+
+
+class _Conflict(FatalError):
+    """409: what we wanted to create exists (callers that expect the race catch this)."""
+
+
+def answer_error(exc: UnexpectedResponse, url: str, *, write: bool) -> EmbedstreamError:
+    """The error tree's answer to a Qdrant HTTP error status (see the module docstring)."""
+    status = exc.status_code or 0
+    message = _server_message(exc)
+    if status >= 500 or status in (0, 408, 429):
+        return StoreUnavailable(f"Qdrant server at {url} answered {status}: {message}")
+    if status in (401, 403):
+        return AuthenticationFailed(
+            f"the Qdrant server at {url} refused the request ({status}): {message}; check store.api_key"
+        )
+    if status == 409:
+        return _Conflict(f"Qdrant server at {url}: {message}")
+    if write and status != 404:
+        return StoreRejected(f"Qdrant rejected the write ({status}): {message}")
+    return FatalError(f"Qdrant server at {url} answered {status}: {message}")
+
+
+def _server_message(exc: UnexpectedResponse) -> str:
+    """Qdrant's own explanation (``{"status": {"error": ...}}``), else the raw answer, bounded."""
     try:
-        return fn(*args, **kwargs)
-    except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
-        raise StoreUnavailable(f"Qdrant server: {exc}") from exc
-    except UnexpectedResponse as exc:
-        if exc.status_code is not None and exc.status_code >= 500:
-            raise StoreUnavailable(f"Qdrant server: {exc}") from exc
-        raise
+        error = exc.structured()["status"]["error"]
+    except (ValueError, KeyError, TypeError):
+        error = exc.content.decode("utf-8", "replace")
+    return str(error)[:500]
+
+
+def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``exc`` (httpx wraps it twice), if any."""
+    for _ in range(10):
+        if exc is None or isinstance(exc, ssl.SSLCertVerificationError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def refuse_clear_text_key(url: str | None, api_key: str | None, allowed: bool) -> None:
+    """ConfigError when ``api_key`` would go over ``http://`` to a host that is not loopback."""
+    parts = urlsplit(url or "")
+    if api_key is None or allowed or parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+        return
+    raise ConfigError(
+        f"store.api_key would cross the network in clear text: store.url={url} is http:// to a host "
+        "that is not loopback; use https://, or set store.allow_insecure_api_key=true (trusted network only)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_by_bytes(items: Sequence[Item], size: Callable[[Item], int], limit: int) -> list[list[Item]]:
+    """Consecutive groups of ``items`` whose sizes add up to at most ``limit`` each.
+
+    Order is kept. An item larger than ``limit`` on its own goes alone: the server
+    decides about it (and a 4xx then rejects that item's event only).
+    """
+    groups: list[list[Item]] = []
+    current: list[Item] = []
+    used = 0
+    for item in items:
+        cost = size(item)
+        if current and used + cost > limit:
+            groups.append(current)
+            current, used = [], 0
+        current.append(item)
+        used += cost
+    if current:
+        groups.append(current)
+    return groups
+
+
+def estimated_point_bytes(point: PointWrite) -> int:
+    """An upper bound on the point's share of an upsert request's JSON body."""
+    payload = len(json.dumps(point.payload, default=str, ensure_ascii=False).encode())
+    return _POINT_JSON_BYTES + _ID_JSON_BYTES + _FLOAT_JSON_BYTES * len(point.vector) + payload
+
+
+def _id_bytes(point_id: str) -> int:
+    return _ID_JSON_BYTES + max(0, len(point_id) - 36)
+
+
+def _spec_of(info: Any) -> CollectionSpec:
+    vectors = info.config.params.vectors
+    quantization = info.config.quantization_config
+    if isinstance(quantization, qm.ScalarQuantization):
+        return CollectionSpec(int(vectors.size), _datatype_of(vectors), "int8")
+    if isinstance(quantization, qm.BinaryQuantization):
+        return CollectionSpec(int(vectors.size), _datatype_of(vectors), "binary")
+    return CollectionSpec(int(vectors.size), _datatype_of(vectors), "none")
+
+
+def _datatype_of(vectors: Any) -> Literal["float32", "float16"]:
+    return "float16" if vectors.datatype == qm.Datatype.FLOAT16 else "float32"
+
+
+def _describe(spec: CollectionSpec) -> str:
+    return f"{spec.dims} dims, {spec.datatype}, quantization {spec.quantization}"

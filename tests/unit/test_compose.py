@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from pipeline.metrics import PrometheusObserver
+from pipeline.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -158,3 +160,34 @@ def test_queried_metrics_are_exported(defined_metrics: set[str]) -> None:
     assert used
     unknown = used - defined_metrics
     assert not unknown, f"not exported by pipeline/metrics.py: {sorted(unknown)}"
+
+
+ENV_NAME = re.compile(r"\bEMBEDSTREAM_[A-Z0-9_]+")
+
+
+def _is_setting(env_name: str) -> bool:
+    model: Any = Settings
+    for part in env_name.removeprefix("EMBEDSTREAM_").lower().split("__"):
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return True
+
+
+def test_compose_names_only_real_settings_even_in_comments() -> None:
+    """Every EMBEDSTREAM_* variable in docker-compose.yml (commented examples too) is a real setting."""
+    names = set(ENV_NAME.findall(COMPOSE.read_text(encoding="utf-8")))
+    assert {"EMBEDSTREAM_KAFKA__SECURITY_PROTOCOL", "EMBEDSTREAM_KAFKA__SASL_PASSWORD"} <= names
+    unknown = sorted(name for name in names if not _is_setting(name))
+    assert not unknown, f"docker-compose.yml names settings that do not exist: {unknown}"
+
+
+def test_compose_holds_no_secret_value() -> None:
+    """Passwords and keys in docker-compose.yml come from the environment, never literal values."""
+    secret = re.compile(r"(PASSWORD|(?<!INSECURE)_API_KEY):\s*(?P<value>\S+)")
+    for line in COMPOSE.read_text(encoding="utf-8").splitlines():
+        found = secret.search(line)
+        if found and not found.group("value").startswith(("${", "/")):
+            pytest.fail(f"literal secret in docker-compose.yml: {line.strip()}")

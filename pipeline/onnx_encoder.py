@@ -7,7 +7,7 @@ is built, re-checked on probe texts at every load). It is 0.72-0.77x torch's thr
 large CPU batches, so torch keeps the bulk work.
 
 The artefact is derived from the model files only: it lives under
-``<state_dir>/models/<fingerprint>/`` (``model.onnx`` + ``meta.json``), is built with
+``<state_dir>/models/<fingerprint>/`` (``model.onnx``, ``weights.bin``, ``meta.json``), is built with
 torch (so only in a process that has loaded torch anyway), and is rebuilt when missing,
 unreadable, or when its probe vectors no longer match what torch computed at build time.
 Which backend encoded a vector is not part of the fingerprint: both give the same vectors.
@@ -36,9 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 TOLERANCE = 1e-5  # max |onnx - torch| per vector component, on L2-normalized vectors
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+WEIGHTS = "weights.bin"  # beside model.onnx
 # Checked at every load: cheap (a few ms), and a damaged or foreign model.onnx fails them.
 LOAD_PROBES = ("embedstream probe: is this still the model it was built from?", "a")
 # Checked once when the artefact is built: lengths that pad, truncate and touch unicode.
@@ -94,8 +95,8 @@ def load(directory: Path, fingerprint: str, features: Features) -> OnnxSession |
 
 def _open_checked(directory: Path, meta: dict[str, Any], features: Features) -> OnnxSession:
     model = directory / "model.onnx"
-    if model.stat().st_size != meta["bytes"]:
-        raise ValueError("size differs from meta.json")
+    if [model.stat().st_size, (directory / WEIGHTS).stat().st_size] != meta["bytes"]:
+        raise ValueError("file sizes differ from meta.json")
     session = OnnxSession(_open_session(model, optimize=False), meta["inputs"])
     probes = session.run(features(meta["probes"]))
     if not agrees(probes, np.asarray(meta["expected"], dtype=np.float32)):
@@ -153,10 +154,11 @@ def _export_and_check(
     if not agrees(session.run(features(BUILD_PROBES)), np.asarray(reference, dtype=np.float32)):
         log.warning("the ONNX export of %s does not give torch's vectors; it stays on torch", fingerprint)
         optimized.unlink()
+        (work / WEIGHTS).unlink()
         return None, meta
     expected = np.asarray(reference[: len(LOAD_PROBES)], dtype=np.float32)
     meta.update(
-        usable=True, inputs=list(inputs), bytes=optimized.stat().st_size,
+        usable=True, inputs=list(inputs), bytes=[optimized.stat().st_size, (work / WEIGHTS).stat().st_size],
         probes=list(LOAD_PROBES), expected=expected.tolist(),
     )  # fmt: skip
     return session, meta
@@ -203,6 +205,8 @@ def _open_session(path: Path, optimize: bool, save_to: Path | None = None) -> An
 
     EXTENDED fusions are portable across CPUs (unlike ALL's layout transforms); the ONNX
     Runtime version is recorded in meta.json and a different one rebuilds the artefact.
+    The saved graph keeps its weights in a separate file (``WEIGHTS``), which loads in a
+    third of the time of weights embedded in the protobuf (measured: 0.2 s against 0.6 s).
     """
     import onnxruntime
 
@@ -212,6 +216,9 @@ def _open_session(path: Path, optimize: bool, save_to: Path | None = None) -> An
     options.graph_optimization_level = level.ORT_ENABLE_EXTENDED if optimize else level.ORT_DISABLE_ALL
     if save_to is not None:
         options.optimized_model_filepath = str(save_to)
+        config = "session.optimized_model_external_initializers_"
+        options.add_session_config_entry(config + "file_name", WEIGHTS)
+        options.add_session_config_entry(config + "min_size_in_bytes", "1024")
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

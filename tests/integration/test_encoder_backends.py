@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.encode_plan import SMALL_CALL_TOKENS, pad_features
 from pipeline.encoder import SentenceTransformerEncoder, encode_overlapped
-from pipeline.onnx_encoder import TOLERANCE, artefact_dir
+from pipeline.onnx_encoder import TOLERANCE, WEIGHTS, artefact_dir
 from pipeline.settings import ModelSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def test_bulk_calls_run_on_torch(tiny_model, prepared):
     assert fresh.backend == "torch"
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "probes", "meta"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "weights", "probes", "meta"])
 def test_damaged_artefact_is_rebuilt(tiny_model, prepared, damage):
     """A truncated, foreign or mis-described artefact is never used: torch answers, then it is rebuilt."""
     folder = artefact_dir(prepared / "models", encoder(tiny_model, None).fingerprint)
@@ -83,6 +83,9 @@ def test_damaged_artefact_is_rebuilt(tiny_model, prepared, damage):
         model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
     elif damage == "garbage":
         model_file.write_bytes(os.urandom(model_file.stat().st_size))
+    elif damage == "weights":  # same size, other numbers: only the probe check can tell
+        weights = folder / WEIGHTS
+        weights.write_bytes(os.urandom(weights.stat().st_size))
     elif damage == "probes":
         meta["expected"] = (-np.asarray(meta["expected"])).tolist()
         meta_file.write_text(json.dumps(meta))

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline import model_files
 from pipeline.encode_plan import token_batches
-from pipeline.encoder import check_shape, model_fingerprint
+from pipeline.encoder import check_shape
 from pipeline.errors import InvalidVectors
+from pipeline.model_files import DigestMemo, model_fingerprint
 from pipeline.settings import ModelSettings
 
 
@@ -95,3 +98,39 @@ def test_fingerprint_ignores_the_model_card_and_hidden_files(tmp_path):
     (model / ".cache").mkdir()
     (model / ".cache" / "lock").write_text("x")
     assert fingerprint_of(model) == before
+
+
+def test_remembered_digests_give_the_same_fingerprint(tmp_path, monkeypatch):
+    """A fingerprint computed from remembered file digests equals one computed from the bytes."""
+    monkeypatch.setattr(model_files, "RACY_SECONDS", 0.0)
+    model = fake_model_dir(tmp_path / "a")
+    memo_file = tmp_path / "digests.json"
+    first = model_fingerprint(model, ModelSettings(), 128, "m", DigestMemo(memo_file))
+    assert memo_file.is_file()
+    assert model_fingerprint(model, ModelSettings(), 128, "m", DigestMemo(memo_file)) == first
+    assert fingerprint_of(model) == first
+
+
+def test_a_rewritten_file_is_hashed_again_even_with_its_old_mtime(tmp_path, monkeypatch):
+    """New bytes of the same size with the old mtime restored still change the digest (ctime moves)."""
+    monkeypatch.setattr(model_files, "RACY_SECONDS", 0.0)
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"A" * 64)
+    before = weights.stat()
+    memo_file = tmp_path / "digests.json"
+    memo = DigestMemo(memo_file)
+    old = memo.digest(weights)
+    memo.save()
+    weights.write_bytes(b"B" * 64)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert DigestMemo(memo_file).digest(weights) != old
+
+
+def test_a_file_changed_just_now_is_not_remembered(tmp_path):
+    """A file written within the racy window is hashed but not remembered: it may change again unseen."""
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"fresh")
+    memo = DigestMemo(tmp_path / "digests.json")
+    memo.digest(weights)
+    memo.save()
+    assert not (tmp_path / "digests.json").exists()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from pipeline.errors import ConfigError
 
 Vector = np.ndarray[tuple[int], np.dtype[np.float32]]
 
@@ -27,6 +30,8 @@ CREATE TABLE IF NOT EXISTS vectors (
 """
 _LOOKUP_BATCH = 500  # below SQLite's host-parameter limit
 _LOOKUP = "SELECT chunk_hash, vector FROM vectors WHERE fingerprint = ? AND chunk_hash IN ({marks})"
+# SQLite's names for a file that is not, or no longer, a database it can read.
+_DAMAGED = {"SQLITE_NOTADB", "SQLITE_CORRUPT"}
 
 
 class EmbeddingCache(Protocol):
@@ -41,18 +46,23 @@ class SqliteEmbeddingCache:
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(_SCHEMA)
-            self._conn.commit()
+        try:
+            with self._lock, self._damage_is_config_error():
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(_SCHEMA)
+                self._conn.commit()
+        except ConfigError:
+            self._conn.close()
+            raise
 
     def get_many(self, fingerprint: str, hashes: Sequence[str]) -> dict[str, Vector]:
         unique = list(dict.fromkeys(hashes))
         found: dict[str, Vector] = {}
-        with self._lock:
+        with self._lock, self._damage_is_config_error():
             for offset in range(0, len(unique), _LOOKUP_BATCH):
                 part = unique[offset : offset + _LOOKUP_BATCH]
                 marks = ",".join("?" * len(part))
@@ -65,7 +75,7 @@ class SqliteEmbeddingCache:
 
     def put_many(self, fingerprint: str, vectors: Mapping[str, Vector]) -> None:
         rows = [(fingerprint, h, np.asarray(v, dtype="<f4").tobytes()) for h, v in vectors.items()]
-        with self._lock:
+        with self._lock, self._damage_is_config_error():
             self._conn.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
             self._conn.commit()
 
@@ -79,3 +89,18 @@ class SqliteEmbeddingCache:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    @contextmanager
+    def _damage_is_config_error(self) -> Iterator[None]:
+        """A damaged file is the operator's to remove, not a bug: say which and why it is safe."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorname not in _DAMAGED:
+                raise
+            msg = (
+                f"the embedding cache {self._path} is not a readable SQLite database ({exc}): "
+                "delete it (and its -wal/-shm files) and run again; nothing is lost, its vectors "
+                "are re-encoded"
+            )
+            raise ConfigError(msg) from exc

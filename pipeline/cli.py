@@ -5,20 +5,24 @@ Logging is configured here and nowhere else. Exit codes are the named constants 
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from prometheus_client import CollectorRegistry
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -40,6 +44,10 @@ from pipeline.errors import (
     StoreLocked,
 )
 from pipeline.settings import Settings
+from pipeline.settings_layers import Override
+
+if TYPE_CHECKING:
+    from pipeline.search import SearchAnswer
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -64,35 +72,88 @@ app = typer.Typer(
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML settings file.", envvar="EMBEDSTREAM_CONFIG", show_envvar=True),
+    typer.Option("--config", "-c", metavar="FILE", help="TOML settings file.", envvar="EMBEDSTREAM_CONFIG"),
 ]
 StateOpt = Annotated[
     Path | None,
     typer.Option(
-        help="Where the embedded store, cache and checkpoints live.", envvar="EMBEDSTREAM_STATE_DIR"
+        metavar="DIR",
+        help="Where the embedded store, cache and checkpoints live.",
+        envvar="EMBEDSTREAM_STATE_DIR",
     ),
 ]
 IndexOpt = Annotated[
-    str | None, typer.Option("--index", help="Index (alias) name.", envvar="EMBEDSTREAM_INDEX__NAME")
+    str | None,
+    typer.Option("--index", metavar="NAME", help="Index (alias) name.", envvar="EMBEDSTREAM_INDEX__NAME"),
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option(help="Model directory, or all-MiniLM-L6-v2 (bundled).", envvar="EMBEDSTREAM_MODEL__NAME"),
+    typer.Option(
+        metavar="MODEL",
+        help="Model directory, or all-MiniLM-L6-v2 (bundled).",
+        envvar="EMBEDSTREAM_MODEL__NAME",
+    ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+# metavar="" shows a flag as a flag (typer would print <bool>).
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json", metavar="", help="Print one JSON document for scripts.", envvar="EMBEDSTREAM_JSON"
+    ),
+]
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+# Flags of the main callback (--log-level, --strict), for load_settings to pass on.
+_GLOBAL_FLAGS: ContextVar[tuple[Override, ...]] = ContextVar("embedstream_global_flags", default=())
 
 
 def load_settings(
-    config: Path | None, state_dir: Path | None, index: str | None, model: str | None
+    config: Path | None,
+    state_dir: Path | None,
+    index: str | None,
+    model: str | None,
+    *,
+    flags: Sequence[Override] = (),
 ) -> Settings:
-    overrides: dict[str, Any] = {"state_dir": state_dir}
-    settings = Settings.load(config, **overrides)
-    updates: dict[str, Any] = {}
-    if index:
-        updates["index"] = settings.index.model_copy(update={"name": index})
-    if model:
-        updates["model"] = settings.model.model_copy(update={"name": model})
-    return settings.model_copy(update=updates) if updates else settings
+    """Flags > env > TOML > defaults, validated once: a flag gets the checks its env variable
+    gets, and an error names it (``index.name: ... (from flag --index)``). ``flags`` are a
+    command's further options, e.g. ``Override("http.addr", http, "flag --http")``."""
+    given = [
+        *_GLOBAL_FLAGS.get(),
+        *_flag("state_dir", state_dir, "--state-dir", "EMBEDSTREAM_STATE_DIR"),
+        *_flag("index.name", index, "--index", "EMBEDSTREAM_INDEX__NAME"),
+        *_flag("model.name", model, "--model", "EMBEDSTREAM_MODEL__NAME"),
+        *flags,
+    ]
+    settings = Settings.load(config, flags=given, known_env=_cli_env_vars())
+    logs.configure(settings.log_level)
+    return settings
+
+
+@functools.cache
+def _cli_env_vars() -> frozenset[str]:
+    """EMBEDSTREAM_* variables that options read: not settings, so never "unknown"."""
+    names = {"EMBEDSTREAM_CRASH_AT"}  # read by main() for fault-injection tests
+    commands = [typer.main.get_command(app)]
+    while commands:
+        command = commands.pop()
+        names.update(p.envvar for p in command.params if isinstance(p.envvar, str))
+        commands.extend(getattr(command, "commands", {}).values())
+    return frozenset(names)
+
+
+def _flag(key: str, value: object, option: str, envvar: str) -> list[Override]:
+    """An option's value as a flag, unless unset or filled by typer from ``envvar``: the
+    settings read that variable themselves and name it, not the flag, in errors."""
+    if value is None:
+        return []
+    from_env = os.environ.get(envvar)
+    if from_env is not None and value == (Path(from_env) if isinstance(value, Path) else from_env):
+        return []
+    return [Override(key, value, f"flag {option}")]
 
 
 def run(action: Callable[[], T]) -> T:
@@ -100,32 +161,84 @@ def run(action: Callable[[], T]) -> T:
     try:
         return action()
     except StoreLocked as exc:
-        err.print(f"[red]error:[/] {exc}")
+        _print_error("error", exc)
         raise typer.Exit(EXIT_STORE_LOCKED) from exc
     except AuthenticationFailed as exc:  # a dependency refuses us: not a retryable outage
-        err.print(f"[red]error:[/] {exc}")
+        _print_error("error", exc)
         raise typer.Exit(EXIT_UNAVAILABLE) from exc
     except FatalError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        _print_error("error", exc)
         raise typer.Exit(EXIT_CONFIG) from exc
     except RetryableError as exc:
-        err.print(f"[red]unavailable:[/] {exc}")
+        _print_error("unavailable", exc)
         raise typer.Exit(EXIT_UNAVAILABLE) from exc
     except EmbedstreamError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        _print_error("error", exc)
         raise typer.Exit(EXIT_FAILURE) from exc
     except KeyboardInterrupt as exc:
         err.print("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from exc
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        try:
+            version = importlib.metadata.version("embedstream")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        sys.stdout.write(f"embedstream {version}\n")
+        raise typer.Exit(EXIT_OK)
+
+
+def _print_error(label: str, exc: Exception) -> None:
+    # One line per problem (a ConfigError may carry several); escaped, because messages
+    # quote user text such as "[index]" that rich would take for markup.
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        err.print(f"[red]{label}:[/] {escape(line)}")
+
+
 @app.callback()
 def main_callback(
+    ctx: typer.Context,
     log_level: Annotated[
-        str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.", envvar="EMBEDSTREAM_LOG_LEVEL")
-    ] = "WARNING",
+        str | None,
+        typer.Option(
+            metavar="LEVEL",
+            help="DEBUG, INFO, WARNING or ERROR, in any case (default WARNING; setting log_level).",
+            envvar="EMBEDSTREAM_LOG_LEVEL",
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            metavar="",
+            help="Unknown keys in the TOML file or EMBEDSTREAM_* env are errors, not warnings.",
+            envvar="EMBEDSTREAM_STRICT",
+        ),
+    ] = False,
+    version: Annotated[  # noqa: ARG001 -- typer calls _show_version; the value is not needed here
+        bool,
+        typer.Option(
+            "--version", metavar="", help="Print the version and exit.", callback=_show_version, is_eager=True
+        ),
+    ] = False,
 ) -> None:
-    logs.configure(log_level.upper())
+    flags = []
+    if log_level is not None and _on_command_line(ctx, "log_level"):
+        flags.append(Override("log_level", log_level, "flag --log-level"))
+    if strict and _on_command_line(ctx, "strict"):
+        flags.append(Override("strict", True, "flag --strict"))
+    _GLOBAL_FLAGS.set(tuple(flags))
+    # Until load_settings applies the configured level, warnings about settings must show.
+    level = (log_level or "").upper()
+    logs.configure(level if level in _LEVELS else "WARNING")
+
+
+def _on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Typed by the user, not filled from an env variable (the settings read that one)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 @app.command()
@@ -217,10 +330,27 @@ def watch(
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
-    k: Annotated[int, typer.Option("-k", "--limit", help="How many documents.", min=1)] = 10,
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="What to look for, in plain words.")],
+    k: Annotated[
+        int,
+        typer.Option(
+            "-k",
+            "--limit",
+            metavar="N",
+            min=1,
+            envvar="EMBEDSTREAM_SEARCH_LIMIT",
+            help="How many documents (a document counts once, by its best chunk).",
+        ),
+    ] = 10,
     filter_: Annotated[
-        list[str] | None, typer.Option("--filter", help="key=value on metadata, e.g. ext=.md (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            metavar="KEY=VALUE",
+            envvar="EMBEDSTREAM_SEARCH_FILTER",
+            help="Only documents whose metadata KEY equals VALUE, compared as text (a whole number "
+            "also matches that number); doc_id and source are matched directly. Repeatable: all must hold.",
+        ),
     ] = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -229,27 +359,42 @@ def search(
     model: ModelOpt = None,
 ) -> None:
     """Ranked documents for QUERY: best chunk per document, with score and snippet."""
-
-    def action() -> list[dict[str, Any]]:
-        from pipeline.watching import remote_search
-
-        settings = load_settings(config, state_dir, index_name, model)
-        filters = _parse_filters(filter_ or [])
-        remote = remote_search(settings.state_dir, query, k, filters)
-        if remote is not None:
-            return remote
-        with EmbeddedPipeline(settings) as pipeline:
-            return [r.as_json() for r in pipeline.search(query, k, filters)]
-
-    results = run(action)
+    if not query.strip():
+        raise typer.BadParameter("is empty: say what to look for", param_hint="QUERY")
+    filters = _parse_filters(filter_ or [])
+    answer = run(lambda: _search(load_settings(config, state_dir, index_name, model), query, k, filters))
     if as_json:
-        out.print_json(json.dumps(results))
+        out.print_json(json.dumps(answer.results))
         return
-    if not results:
-        out.print("no results (is anything indexed? try `embedstream status`)")
-    for rank, result in enumerate(results, 1):
-        snippet = " ".join(str(result["text"]).split())[:200]
-        out.print(f"[bold]{rank}. {result['doc_id']}[/]  [dim]score {result['score']:.3f}[/]\n   {snippet}")
+    if not answer.results:
+        out.print(escape(answer.empty or "no results"))
+    for rank, result in enumerate(answer.results, 1):
+        snippet = escape(" ".join(str(result["text"]).split())[:200])
+        out.print(
+            f"[bold]{rank}. {escape(result['doc_id'])}[/]  [dim]score {result['score']:.3f}[/]\n   {snippet}"
+        )
+
+
+def _search(settings: Settings, query: str, k: int, filters: dict[str, str]) -> SearchAnswer:
+    """Answered by the running watcher when one owns the store, else by the store itself."""
+    from pipeline.components import make_encoder, open_store
+    from pipeline.index import live_version
+    from pipeline.search import SearchAnswer, live_documents, nothing_found, search_documents
+    from pipeline.watching import remote_search
+
+    encoder = make_encoder(settings)
+    remote = remote_search(settings, encoder.fingerprint, query, k, filters)
+    if remote is not None:
+        return remote
+    store = open_store(settings)
+    try:
+        version = live_version(store, settings.index.name)
+        results = search_documents(store, version, encoder, query, k, filters)
+        documents = 0 if results else live_documents(store, version)
+    finally:
+        store.close()
+    empty = None if results else nothing_found(settings.index.name, documents, filters)
+    return SearchAnswer([r.as_json() for r in results], empty)
 
 
 @app.command()
@@ -262,15 +407,14 @@ def status(
     """Collections of the index, which one the alias serves, document and point counts."""
 
     def action() -> dict[str, Any]:
+        from pipeline.components import open_store
+        from pipeline.embedded import index_status
         from pipeline.watching import remote_status
 
         settings = load_settings(config, state_dir, index_name, None)
-        remote = remote_status(settings.state_dir)
+        remote = remote_status(settings)
         if remote is not None:
             return remote
-        from pipeline.components import open_store
-        from pipeline.embedded import index_status
-
         store = open_store(settings)
         try:
             return index_status(store, settings.index.name)
@@ -281,25 +425,12 @@ def status(
     if as_json:
         out.print_json(json.dumps(result))
         return
-    table = Table(title=f"index {result['alias']!r} → {result['live'] or '(no live version)'}")
-    for column in ("collection", "live", "model", "dims", "datatype", "quantization", "documents", "points"):
+    columns = ("collection", "live", "model", "dims", "datatype", "quantization", "documents", "points")
+    table = Table(title=escape(f"index {result['alias']!r} → {result['live'] or '(no live version)'}"))
+    for column in columns:
         table.add_column(column)
     for version in result["versions"]:
-        table.add_row(
-            *(
-                str(version[c])
-                for c in (
-                    "collection",
-                    "live",
-                    "model",
-                    "dims",
-                    "datatype",
-                    "quantization",
-                    "documents",
-                    "points",
-                )
-            )
-        )
+        table.add_row(*(escape(str(version[c])) for c in columns))
     out.print(table)
 
 
@@ -498,11 +629,16 @@ def _source(
 
 
 def _parse_filters(raw: list[str]) -> dict[str, str]:
-    filters = {}
+    from pipeline.search import parse_filter
+
+    filters: dict[str, str] = {}
     for item in raw:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"--filter expects key=value, got {item!r}")
+        try:
+            key, value = parse_filter(item)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--filter") from exc
+        if key in filters:
+            raise typer.BadParameter(f"{key} is given twice (all filters must hold)", param_hint="--filter")
         filters[key] = value
     return filters
 

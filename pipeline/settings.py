@@ -216,6 +216,14 @@ class HttpSettings(BaseModel):
         None, description="Required by the watcher's /search and /status; allows a non-loopback addr"
     )
 
+    @field_validator("addr")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        _, colon, port = value.rpartition(":")
+        if not colon or not port.isdigit() or int(port) > 65535:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9100 (port 0: any free port)")
+        return value
+
 
 class Settings(BaseSettings):
     """Build with :meth:`load`, which reads the TOML file and the environment itself."""
@@ -241,7 +249,9 @@ class Settings(BaseSettings):
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_in_any_case(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
+        # Only a known name is upper-cased, so an error quotes what the user wrote.
+        known = isinstance(value, str) and value.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}
+        return value.upper() if known and isinstance(value, str) else value
 
     @classmethod
     def settings_customise_sources(

@@ -100,7 +100,8 @@ def _dotted(raw: str) -> KeyPath:
 
 
 def env_layer(model: type[BaseSettings], prefix: str, ignored: Collection[str]) -> Layer:
-    """``EMBEDSTREAM_*`` variables, parsed by pydantic-settings' own env source."""
+    """``EMBEDSTREAM_*`` variables, parsed by pydantic-settings' own env source; ``ignored``
+    names variables that are not settings but are not unknown either (read by the CLI)."""
     try:
         values = EnvSettingsSource(model)()
     except SettingsError as exc:  # a section given as JSON that does not parse
@@ -108,13 +109,13 @@ def env_layer(model: type[BaseSettings], prefix: str, ignored: Collection[str]) 
     layer = Layer(values)
     skip = {name.upper() for name in ignored}
     for name in os.environ:
-        if not name.upper().startswith(prefix) or name.upper() in skip:
+        if not name.upper().startswith(prefix):
             continue
         path = tuple(name[len(prefix) :].lower().split("__"))
-        if field_at(model, path) is None:
-            layer.unknown.append(f"{name}: no such setting (from env){_env_hint(model, prefix, name)}")
-        else:
+        if field_at(model, path) is not None:
             layer.origins[path] = f"env {name}"
+        elif name.upper() not in skip:
+            layer.unknown.append(f"{name}: no such setting (from env){_env_hint(model, prefix, name)}")
     return layer
 
 

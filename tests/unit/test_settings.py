@@ -295,3 +295,14 @@ def test_http_token_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings.load()
     assert s.http.token is not None
     assert "tok-123456" not in s.masked_json()
+
+
+@pytest.mark.parametrize("addr", ["9100", "127.0.0.1:http", "127.0.0.1:70000"])
+def test_http_addr_must_be_host_and_port(addr: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed http.addr is a configuration error at load, not a traceback at bind time."""
+    monkeypatch.setenv("EMBEDSTREAM_HTTP__ADDR", addr)
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.load()
+    (line,) = problems(excinfo)
+    assert line.startswith("http.addr: ")
+    assert line.endswith("(from env EMBEDSTREAM_HTTP__ADDR)")

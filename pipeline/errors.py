@@ -79,9 +79,18 @@ class DocumentTooLarge(PoisonError):
 
 
 class MessageTooLarge(PoisonError):
-    """A message over the producer's ``max_request_size`` or the topic's ``max.message.bytes``."""
+    """A message over the producer's ``max_request_size`` or the topic's ``max.message.bytes``.
+
+    ``key`` and ``size`` say which message of a batch it was, so the caller can dead-letter
+    the event that produced it and send the rest again.
+    """
 
     reason = "too_large"
+
+    def __init__(self, message: str, *, key: str | None = None, size: int | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.size = size
 
 
 class EmptyDocument(PoisonError):

@@ -452,8 +452,11 @@ def _shown(key: str, limit: int = 200) -> str:
 
 
 def _too_large(message: Outgoing, limit: str) -> MessageTooLarge:
+    size = _size(message)
     return MessageTooLarge(
-        f"message for key {_shown(message.key)} to {message.topic} is {_size(message)} bytes, over {limit}"
+        f"message for key {_shown(message.key)} to {message.topic} is {size} bytes, over {limit}",
+        key=message.key,
+        size=size,
     )
 
 

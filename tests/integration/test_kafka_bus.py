@@ -433,8 +433,14 @@ def test_message_over_the_producer_limit_is_poison_naming_its_key(
     small = KafkaBus(kafka_settings, max_message_bytes=100_000, timeouts=IMPATIENT)
     producer = small.producer()
     try:
-        with pytest.raises(MessageTooLarge, match=r"key 'docs/big\.md'.* 200\d{3} bytes"):
-            producer.send([Outgoing(events, "docs/big.md", os.urandom(200_000))])
+        with pytest.raises(MessageTooLarge, match=r"key 'docs/big\.md'.* 200\d{3} bytes") as raised:
+            producer.send(
+                [
+                    Outgoing(events, "docs/ok.md", b"fits"),
+                    Outgoing(events, "docs/big.md", os.urandom(200_000)),
+                ]
+            )
+        assert (raised.value.key, raised.value.size) == ("docs/big.md", 200_000 + len("docs/big.md"))
         producer.send([Outgoing(events, "docs/small.md", b"fits")])  # the producer is still usable
     finally:
         producer.close()

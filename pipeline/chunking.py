@@ -7,6 +7,12 @@ never does, so headings stay with their section). Greedy packing alone would shi
 later boundary when one early paragraph grows; with anchors, a boundary depends only on
 the paragraphs since the previous anchor, so a local edit re-encodes only the chunks
 around it.
+
+Chunks are bounded in characters too, not only in tokens: a tokenizer may cover any run of
+text with one token (BERT's WordPiece makes a single ``[UNK]`` of every word over 100
+characters, and drops zero-width characters inside a word), so a 500 KB "word" would be one
+token and one 500 KB chunk payload. Token spans and the gaps between them are cut into
+pieces of at most :data:`MAX_TOKEN_CHARS` characters, each counted as a token.
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ from typing import Protocol
 from pipeline.hashing import sha256_hex
 
 Span = tuple[int, int]
+
+# A chunk of max_tokens pieces then holds at most 2 * MAX_TOKEN_CHARS * max_tokens characters
+# (a piece and the gap before it); real tokens are a few characters, so ordinary text is
+# untouched. Counting a piece as a token only makes chunks smaller than the model could
+# read, never larger.
+MAX_TOKEN_CHARS = 16
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n")
@@ -65,7 +77,7 @@ class Chunker:
         self._config = config
 
     def chunk(self, text: str) -> list[Chunk]:
-        tokens = [span for span in self._tokenizer.offsets(text) if span[1] > span[0]]
+        tokens = bounded_spans([span for span in self._tokenizer.offsets(text) if span[1] > span[0]])
         if not tokens:
             return []
         starts = [s for s, _ in tokens]
@@ -81,6 +93,23 @@ class Chunker:
         start, end = tokens[start_token][0], tokens[last - 1][1]
         body = text[start:end]
         return Chunk(ordinal, start, end, body, sha256_hex(body), last - start_token)
+
+
+def bounded_spans(spans: Sequence[Span], limit: int = MAX_TOKEN_CHARS) -> list[Span]:
+    """``spans`` (in order) with each span, and each gap between two spans, longer than
+    ``limit`` characters cut into consecutive pieces of at most ``limit``."""
+    bounded: list[Span] = []
+    covered = spans[0][0] if spans else 0  # text before the first token belongs to no chunk
+    for start, end in spans:
+        if start - covered > limit:
+            bounded.extend(_pieces(covered, start, limit))
+        bounded.extend(_pieces(max(start, covered), end, limit))
+        covered = max(covered, end)
+    return bounded
+
+
+def _pieces(start: int, end: int, limit: int) -> list[Span]:
+    return [(at, min(at + limit, end)) for at in range(start, end, limit)]
 
 
 @dataclass(frozen=True)

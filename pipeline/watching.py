@@ -189,7 +189,10 @@ def find_watcher(settings: Settings) -> Endpoint | None:
     killed), or a file that describes another directory (a copied state dir)."""
     state_dir = settings.state_dir.resolve()
     endpoint = Endpoint.read(state_dir)
-    if endpoint is None or not _alive(endpoint.pid):
+    if endpoint is None:
+        return None
+    if not _alive(endpoint.pid):
+        log.info("the watcher of %s (pid %d) is gone; opening the store directly", state_dir, endpoint.pid)
         return None
     if Path(endpoint.state_dir) != state_dir:
         log.info("%s describes the store %s, not this one; ignored", ENDPOINT_FILE, endpoint.state_dir)

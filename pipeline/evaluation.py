@@ -82,7 +82,7 @@ class EvalReport:
     ndcg_at_10: float
     mrr_at_10: float
     recall_at_10: float
-    recall_at_100: float
+    recall_at_100: float | None  # None when the search returned fewer than 100 documents a query
     latency_p50_ms: float
     latency_p99_ms: float
     bytes_per_vector: VectorBytes | None = None
@@ -227,9 +227,14 @@ def evaluate(
     qrels: Qrels,
     label: str = "",
     vector_bytes: VectorBytes | None = None,
+    depth: int = 100,
     clock: Callable[[], float] = time.perf_counter,
 ) -> EvalReport:
-    """Run every judged query through ``search``, timing each call, and average the scores."""
+    """Run every judged query through ``search``, timing each call, and average the scores.
+
+    ``depth`` is how many documents ``search`` returns at most; Recall@100 of a shallower
+    search would only repeat Recall@10's misses, so it is reported as unknown (None).
+    """
     judged = judged_queries(queries, qrels)
     scores: list[QueryScores] = []
     latencies_ms: list[float] = []
@@ -245,7 +250,7 @@ def evaluate(
         ndcg_at_10=_mean(s.ndcg_at_10 for s in scores),
         mrr_at_10=_mean(s.mrr_at_10 for s in scores),
         recall_at_10=_mean(s.recall_at_10 for s in scores),
-        recall_at_100=_mean(s.recall_at_100 for s in scores),
+        recall_at_100=_mean(s.recall_at_100 for s in scores) if depth >= 100 else None,
         latency_p50_ms=percentile(latencies_ms, 50),
         latency_p99_ms=percentile(latencies_ms, 99),
         bytes_per_vector=vector_bytes,
@@ -296,7 +301,7 @@ def _row(report: EvalReport, baseline: EvalReport) -> tuple[str, ...]:
         f"{retained(report, baseline):.1%}",
         f"{report.mrr_at_10:.4f}",
         f"{report.recall_at_10:.4f}",
-        f"{report.recall_at_100:.4f}",
+        "-" if report.recall_at_100 is None else f"{report.recall_at_100:.4f}",
         f"{report.latency_p50_ms:.2f}",
         f"{report.latency_p99_ms:.2f}",
         str(size.searched) if size else "-",

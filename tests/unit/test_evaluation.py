@@ -279,6 +279,14 @@ def test_evaluate_never_calls_search_for_unjudged_queries() -> None:
     assert (report.queries, report.skipped, report.ndcg_at_10) == (1, 1, 0.0)
 
 
+def test_evaluate_leaves_recall_at_100_unknown_for_a_shallow_search() -> None:
+    """A search that returns at most 10 documents cannot be scored at 100."""
+    report = evaluate(lambda _: ["d"], [Query("q1", "a")], {"q1": {"d": 1}}, depth=10)
+    assert report.recall_at_10 == 1.0
+    assert report.recall_at_100 is None
+    assert format_comparison([report]).splitlines()[1].split()[4] == "-"
+
+
 def report(label: str, ndcg: float, size: VectorBytes | None) -> EvalReport:
     return EvalReport(label, 100, 0, ndcg, 0.5, 0.75, 0.9, 1.25, 3.5, size)
 

@@ -1,47 +1,49 @@
 """Filesystem source: a directory of text documents as a stream of ``ChangeEvent`` s.
 
-A scan walks the tree and compares every file with a persisted :class:`Checkpoint`. The
+A pass walks the tree and compares every file with a persisted :class:`Checkpoint`. The
 cheap ``(mtime_ns, size)`` check comes first so an unchanged tree is never read; only files
-whose stat changed are read, decoded and hashed, and only a changed content hash becomes an
-upsert. Files that were in the checkpoint but are gone (or now excluded) become deletes.
+whose stat changed (or whose last read was racy, see :data:`RACY_NS`) are read, decoded and
+hashed, and only a changed content hash becomes an upsert. Files that were in the
+checkpoint but are gone (or now excluded, or no longer indexable) become deletes.
 
-The scan never writes the checkpoint itself. It yields :class:`Change` s carrying the state
-to record, and the runner records it only after the event is durably indexed: a crash in
-between re-emits the change on the next scan (harmless, the sink is idempotent) instead of
+Versions are owned here: a document's version is its mtime, but never at or below the last
+version this source emitted for it, deletions included (tombstones stay in the checkpoint).
+So renaming a file away and back, or restoring an older copy (``cp -p``, ``rsync -a``,
+``tar x``), outranks the deletion it follows.
+
+The pass never writes the checkpoint itself. It yields :class:`Change` s carrying the state
+to record, and the runner commits them only after the event is durably indexed: a crash in
+between re-emits the change on the next pass (harmless, the sink is idempotent) instead of
 silently losing it.
 """
 
 from __future__ import annotations
 
-import builtins
-import collections
-import hashlib
 import itertools
 import json
 import logging
 import os
 import re
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import ConfigError
 from pipeline.events import ChangeEvent
+from pipeline.files import atomic_write
 from pipeline.hashing import content_hash, normalize_text
+from pipeline.sources import Change, PassReport, next_version
 
 __all__ = [
     "DEFAULT_EXCLUDE",
     "DEFAULT_INCLUDE",
+    "RACY_NS",
     "TEXT_EXTENSIONS",
-    "Change",
     "Checkpoint",
     "FileState",
     "FilesystemSource",
-    "ScanReport",
-    "checkpoint_path",
     "html_to_text",
     "title_of",
 ]
@@ -49,14 +51,18 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 TEXT_EXTENSIONS = (".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".text")
-DEFAULT_INCLUDE: tuple[str, ...] = tuple(f"**/*{ext}" for ext in TEXT_EXTENSIONS)
+DEFAULT_INCLUDE: tuple[str, ...] = tuple(f"*{ext}" for ext in TEXT_EXTENSIONS)
 # Any hidden path part: keeps our own ``.embedstream/`` state and ``.git/`` out of the index.
-DEFAULT_EXCLUDE: tuple[str, ...] = ("**/.*", "**/.*/**")
+DEFAULT_EXCLUDE: tuple[str, ...] = (".*", "**/.*/**")
+#: A file modified this close to the moment it was read may change again within the same
+#: timestamp tick (coarse filesystems: 1-2 s), invisibly to an (mtime, size) check; git's
+#: "racy" rule: such a file is read and hashed again on the next pass.
+RACY_NS = 2_000_000_000
 
 _HTML_EXTS = frozenset({".html", ".htm"})
 _MARKDOWN_EXTS = frozenset({".md", ".markdown", ".txt", ".text"})
 _SNIFF_BYTES = 8192  # same window git uses to call a file binary
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -64,50 +70,42 @@ _CHECKPOINT_FORMAT = 1
 
 @dataclass(frozen=True)
 class FileState:
-    """What the index reflects for one file: enough to skip it without reading it."""
+    """What the index reflects for one file: enough to skip it without reading it, and the
+    last version emitted for it. A tombstone (``deleted``) keeps only the version."""
 
     mtime_ns: int
     size: int
     content_hash: str
+    version: int
+    deleted: bool = False
+    racy: bool = False
 
-
-def checkpoint_path(state_dir: Path, source: str, root: Path) -> Path:
-    """One checkpoint per (source, root), so two roots under one source never collide."""
-    digest = hashlib.sha256(str(root.resolve()).encode("utf-8")).hexdigest()[:12]
-    return state_dir / "checkpoints" / f"{source}-{digest}.json"
+    @classmethod
+    def tombstone(cls, version: int) -> FileState:
+        return cls(0, -1, "", version, deleted=True)
 
 
 class Checkpoint:
-    """The persisted map relpath -> :class:`FileState` for one (source, root)."""
+    """The persisted map relpath -> :class:`FileState` for one source name."""
 
     def __init__(self, states: dict[str, FileState] | None = None) -> None:
         self._states: dict[str, FileState] = dict(states or {})
 
-    def __len__(self) -> int:
-        return len(self._states)
-
     def get(self, relpath: str) -> FileState | None:
         return self._states.get(relpath)
 
-    def set(self, relpath: str, state: FileState) -> None:
-        self._states[relpath] = state
-
-    def remove(self, relpath: str) -> None:
-        self._states.pop(relpath, None)
-
-    def paths(self) -> builtins.set[str]:
-        return builtins.set(self._states)
+    def live(self) -> set[str]:
+        return {rel for rel, state in self._states.items() if not state.deleted}
 
     def apply(self, change: Change) -> None:
-        """Record a change once it is durably indexed (a ``None`` state means deleted)."""
-        if change.state is None:
-            self.remove(change.relpath)
-        else:
-            self.set(change.relpath, change.state)
+        """Record a change once it is durably indexed."""
+        if isinstance(change.state, FileState):
+            self._states[change.doc_id] = change.state
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
-        """Missing or corrupt -> empty: the worst case is one full re-scan, never a crash."""
+        """Missing or corrupt -> empty: the worst case is one full re-scan, never a crash
+        (the index itself still knows every document's version and points)."""
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
@@ -120,13 +118,13 @@ class Checkpoint:
 
     def save(self, path: Path) -> None:
         """Write atomically (tmp + fsync + rename) so a crash leaves the old or the new file."""
-        files = {rel: vars(state) for rel, state in sorted(self._states.items())}
+        files = {rel: asdict(state) for rel, state in sorted(self._states.items())}
         body = json.dumps({"format": _CHECKPOINT_FORMAT, "files": files}, ensure_ascii=False)
-        _atomic_write(path, body.encode("utf-8"))
+        atomic_write(path, body.encode("utf-8"))
 
 
 def _states_from_json(doc: object) -> dict[str, FileState]:
-    if not isinstance(doc, dict) or doc.get("format") != _CHECKPOINT_FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in (1, _CHECKPOINT_FORMAT):
         raise ValueError("not an embedstream filesystem checkpoint")
     files = doc["files"]
     if not isinstance(files, dict):
@@ -138,39 +136,13 @@ def _state_from_json(entry: object) -> FileState:
     if not isinstance(entry, dict):
         raise TypeError("file entry is not an object")
     mtime_ns, size, digest = entry["mtime_ns"], entry["size"], entry["content_hash"]
-    ints_ok = all(type(v) is int for v in (mtime_ns, size))
-    if not ints_ok or not isinstance(digest, str):
+    version: object = entry.get("version", mtime_ns)  # format 1 versions were the mtime
+    flags = (entry.get("deleted", False), entry.get("racy", False))
+    ints_ok = all(type(v) is int for v in (mtime_ns, size, version))
+    if not ints_ok or not isinstance(digest, str) or not all(type(f) is bool for f in flags):
         raise TypeError("file entry has wrong field types")
-    return FileState(mtime_ns, size, digest)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; best effort where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    assert isinstance(version, int)
+    return FileState(mtime_ns, size, digest, version, *flags)
 
 
 # --------------------------------------------------------------------------- text extraction
@@ -345,8 +317,12 @@ def _rst_title(lines: list[str]) -> str | None:
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """fnmatch-style glob on POSIX relpaths: ``*`` stays in one folder, ``**`` spans
-    folders, and ``**/`` may match no folder at all so ``**/*.md`` matches ``a.md``."""
+    """gitignore-style glob on POSIX relpaths: a pattern without a ``/`` matches at any
+    depth (``*.md`` is ``**/*.md``), a leading ``/`` anchors at the root; ``*`` stays in
+    one folder, ``**`` spans folders, and ``**/`` may match no folder at all."""
+    if "/" not in pattern:
+        pattern = f"**/{pattern}"
+    pattern = pattern.removeprefix("/")
     out: list[str] = []
     i = 0
     while i < len(pattern):
@@ -385,10 +361,11 @@ class _PathFilter:
         # A folder matching the head of an ``X/**`` exclude holds only excluded paths.
         self._prune = [_glob_regex(p[:-3]) for p in exclude if p.endswith("/**")]
 
-    def wants(self, relpath: str) -> bool:
-        return any(r.fullmatch(relpath) for r in self._include) and not any(
-            r.fullmatch(relpath) for r in self._exclude
-        )
+    def excludes(self, relpath: str) -> bool:
+        return any(r.fullmatch(relpath) for r in self._exclude)
+
+    def includes(self, relpath: str) -> bool:
+        return any(r.fullmatch(relpath) for r in self._include)
 
     def prunes(self, reldir: str) -> bool:
         return any(r.fullmatch(reldir) for r in self._prune)
@@ -397,71 +374,88 @@ class _PathFilter:
 # --------------------------------------------------------------------------- the source
 
 
-@dataclass(frozen=True)
-class Change:
-    """One thing the runner must index, then record in the checkpoint.
-
-    ``event`` None is a checkpoint-only update (touched, not edited); ``state`` None is a
-    deletion. The runner applies ``state`` only after ``event`` is durably indexed.
-    """
-
-    event: ChangeEvent | None
-    relpath: str
-    state: FileState | None
-
-
-@dataclass
-class ScanReport:
-    """Counts for one scan, so an operator can see why a file is not in the index."""
-
-    unchanged: int = 0
-    skipped: collections.Counter[str] = field(default_factory=collections.Counter)
-
-
 class FilesystemSource:
-    """Initial scan and incremental rescans of one directory tree."""
+    """One directory tree as a :class:`pipeline.sources.Source`: passes, checkpoint, versions."""
 
     def __init__(
         self,
         root: Path,
+        checkpoint: Path,
         *,
-        source: str = "fs",
+        name: str = "fs",
         include: Sequence[str] = DEFAULT_INCLUDE,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
         max_bytes: int = 2_000_000,
+        follow_symlinks: bool = False,
     ) -> None:
         self.root = Path(root)
-        self.source = source
         self.max_bytes = max_bytes
+        self.follow_symlinks = follow_symlinks
+        self._name = name
         self._filter = _PathFilter(include, exclude)
+        self._checkpoint_path = checkpoint
+        self._checkpoint = Checkpoint.load(checkpoint)
+        self._seen: set[str] | None = None  # set by a complete, fully listed pass
 
-    def scan(self, checkpoint: Checkpoint, report: ScanReport) -> Iterator[Change]:
-        """Yield the changes since ``checkpoint``, files in sorted relpath order, then deletes.
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def identity(self) -> str:
+        return f"fs:{self.root.resolve()}"
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self._checkpoint
+
+    def changes(self, report: PassReport) -> Iterator[Change]:
+        """The changes since the checkpoint: files in sorted relpath order, then deletions.
 
         Raises :class:`ConfigError` when the root is not a directory: treating an unmounted
         volume as "every file deleted" would wipe the index.
         """
         if not self.root.is_dir():
             raise ConfigError(f"filesystem source root {self.root} is not a directory")
+        self._seen = None
         files, blind = self._list_files(report)
         seen: set[str] = set()
         for relpath in files:
-            present, change = self._visit(relpath, checkpoint.get(relpath), report)
+            present, change = self._visit(relpath, self._checkpoint.get(relpath), report)
             if present:
                 seen.add(relpath)
             if change is not None:
                 yield change
-        yield from self._deletions(checkpoint, seen, blind)
+        yield from self._deletions(seen, blind)
+        self._seen = None if blind else seen
 
-    def count_candidates(self) -> int:
-        """How many files a scan will consider: the total behind a progress bar's ETA."""
+    def commit(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        for change in changes:
+            self._checkpoint.apply(change)
+        self._checkpoint.save(self._checkpoint_path)
+
+    def orphans(self, indexed: Mapping[str, int]) -> list[Change]:
+        """Deletions for documents the index holds that the last complete pass did not see
+        (a lost checkpoint, a folder renamed and --rebind, a crash before a checkpoint)."""
+        if self._seen is None:
+            return []
+        return [
+            self._deletion(doc_id, version + 1)
+            for doc_id, version in sorted(indexed.items())
+            if doc_id not in self._seen
+        ]
+
+    def estimate(self) -> int | None:
+        """How many files a pass will consider: the total behind a progress bar's ETA."""
         if not self.root.is_dir():
-            return 0
-        return len(self._list_files(ScanReport())[0])
+            return None
+        return len(self._list_files(PassReport())[0])
 
     # -- walking
 
-    def _list_files(self, report: ScanReport) -> tuple[list[str], list[str]]:
+    def _list_files(self, report: PassReport) -> tuple[list[str], list[str]]:
         """Included file relpaths (sorted) and the folders that could not be listed."""
         files: list[str] = []
         blind: list[str] = []
@@ -473,58 +467,106 @@ class FilesystemSource:
                     entries = list(listing)
             except OSError as exc:
                 blind.append(reldir)
-                self._skip(report, reldir or ".", "unreadable", exc)
+                report.skip("unreadable", reldir or ".", str(exc))
                 continue
             for entry in entries:
                 relpath = f"{reldir}/{entry.name}" if reldir else entry.name
                 if _is_real_dir(entry):
                     if not self._filter.prunes(relpath):
                         pending.append(relpath)
-                elif _is_file(entry) and self._filter.wants(relpath):
+                elif _is_file(entry) and (reason := self._rejects(entry, relpath)) is None:
                     files.append(relpath)
+                elif reason:
+                    report.skip(reason, ascii(relpath))
         return sorted(files), blind
 
-    def _deletions(self, checkpoint: Checkpoint, seen: set[str], blind: list[str]) -> Iterator[Change]:
-        """Known files not seen this scan; those under an unlistable folder are not known
+    def _rejects(self, entry: os.DirEntry[str], relpath: str) -> str | None:
+        """Why a listed file is not indexed: a reason to report, "" to pass over silently
+        (excluded on purpose), None to index it."""
+        if self._filter.excludes(relpath):
+            return ""
+        if not self._filter.includes(relpath):
+            return "unsupported"
+        if not _is_utf8(relpath):
+            # Keys and events are UTF-8; a name that is not cannot be one, losslessly.
+            return "undecodable_name"
+        if not self.follow_symlinks and entry.is_symlink() and not self._inside_root(entry.path):
+            return "symlink_outside_root"
+        return None
+
+    def _inside_root(self, path: str) -> bool:
+        try:
+            Path(path).resolve().relative_to(self.root.resolve())
+        except (ValueError, OSError):
+            return False
+        return True
+
+    def _deletions(self, seen: set[str], blind: list[str]) -> Iterator[Change]:
+        """Known files not seen this pass; those under an unlistable folder are not known
         to be gone, so they are kept rather than deleted on a transient error."""
-        for relpath in sorted(checkpoint.paths() - seen):
-            last = checkpoint.get(relpath)
+        for relpath in sorted(self._checkpoint.live() - seen):
+            last = self._checkpoint.get(relpath)
             if last is not None and not _is_under(relpath, blind):
-                version = max(time.time_ns(), last.mtime_ns + 1)
-                yield Change(self._delete_event(relpath, version), relpath, None)
+                yield self._deletion(relpath, last.version + 1)
+
+    def _deletion(self, relpath: str, natural: int) -> Change:
+        last = self._checkpoint.get(relpath)
+        version = next_version(natural, last.version if last is not None else None)
+        event = ChangeEvent(
+            source=self._name, doc_id=relpath, op="delete", version=version, metadata={"path": relpath}
+        )
+        return Change(event, relpath, FileState.tombstone(version))
 
     # -- one file
 
-    def _visit(self, relpath: str, last: FileState | None, report: ScanReport) -> tuple[bool, Change | None]:
+    def _visit(self, relpath: str, last: FileState | None, report: PassReport) -> tuple[bool, Change | None]:
         """``(still present, change)`` for one listed file."""
         try:
             stat = (self.root / relpath).stat()
-            if last is not None and (last.mtime_ns, last.size) == (stat.st_mtime_ns, stat.st_size):
+            if (
+                last is not None
+                and not last.deleted
+                and not last.racy
+                and (last.mtime_ns, last.size) == (stat.st_mtime_ns, stat.st_size)
+            ):
                 report.unchanged += 1
                 return True, None
             return True, self._read_change(relpath, stat, last, report)
         except FileNotFoundError:  # vanished since listing: the deletion pass handles it
             return False, None
         except OSError as exc:
-            self._skip(report, relpath, "unreadable", exc)
+            report.skip("unreadable", relpath, str(exc))
         except _SkipFileError as skip:
-            self._skip(report, relpath, skip.reason)
+            report.skip(skip.reason, relpath)
+            return self._unindexable(relpath, last)
         return True, None
 
+    def _unindexable(self, relpath: str, last: FileState | None) -> tuple[bool, Change | None]:
+        """A file that can no longer be indexed (binary, undecodable, too large, empty) loses
+        its points; its tombstone is recorded without a stat, so every pass reads it again
+        and it returns as soon as it can be indexed (say, after a limit is raised)."""
+        if last is None or last.deleted:
+            return True, None
+        return True, self._deletion(relpath, last.version + 1)
+
     def _read_change(
-        self, relpath: str, stat: os.stat_result, last: FileState | None, report: ScanReport
+        self, relpath: str, stat: os.stat_result, last: FileState | None, report: PassReport
     ) -> Change | None:
         ext = PurePosixPath(relpath).suffix.lower()
+        read_at = time.time_ns()
         text, title = self._extract(relpath, stat.st_size, ext)
         if not text:
-            if last is None:
-                raise _SkipFileError("empty")
-            version = max(stat.st_mtime_ns, last.mtime_ns + 1)
-            return Change(self._delete_event(relpath, version), relpath, None)
-        state = FileState(stat.st_mtime_ns, stat.st_size, content_hash(text))
-        if last is not None and last.content_hash == state.content_hash:
+            raise _SkipFileError("empty")
+        digest = content_hash(text)
+        racy = stat.st_mtime_ns >= read_at - RACY_NS
+        live = last if last is not None and not last.deleted else None
+        if live is not None and live.content_hash == digest:
             report.unchanged += 1
-            return Change(None, relpath, state)
+            return Change(
+                None, relpath, replace(live, mtime_ns=stat.st_mtime_ns, size=stat.st_size, racy=racy)
+            )
+        version = next_version(stat.st_mtime_ns, last.version if last is not None else None)
+        state = FileState(stat.st_mtime_ns, stat.st_size, digest, version, racy=racy)
         title = title or PurePosixPath(relpath).stem
         return Change(self._upsert_event(relpath, text, state, title, ext), relpath, state)
 
@@ -547,25 +589,14 @@ class FilesystemSource:
 
     def _upsert_event(self, relpath: str, text: str, state: FileState, title: str, ext: str) -> ChangeEvent:
         return ChangeEvent(
-            source=self.source,
+            source=self._name,
             doc_id=relpath,
             op="upsert",
             text=text,
-            version=state.mtime_ns,
+            version=state.version,
             content_hash=state.content_hash,
             metadata={"path": relpath, "title": title, "ext": ext, "bytes": state.size},
         )
-
-    def _delete_event(self, relpath: str, version: int) -> ChangeEvent:
-        return ChangeEvent(
-            source=self.source, doc_id=relpath, op="delete", version=version, metadata={"path": relpath}
-        )
-
-    @staticmethod
-    def _skip(report: ScanReport, relpath: str, reason: str, exc: OSError | None = None) -> None:
-        report.skipped[reason] += 1
-        detail = f" ({exc})" if exc is not None else ""
-        _log.info("skipping %s: %s%s", relpath, reason, detail)
 
 
 def _is_real_dir(entry: os.DirEntry[str]) -> bool:
@@ -582,6 +613,15 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return entry.is_file(follow_symlinks=True)
     except OSError:
         return False
+
+
+def _is_utf8(name: str) -> bool:
+    """os.scandir decodes undecodable bytes of a name to surrogates."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_under(relpath: str, folders: list[str]) -> bool:

@@ -10,12 +10,14 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -40,6 +42,7 @@ from pipeline.errors import (
     AuthenticationFailed,
     EmbedstreamError,
     FatalError,
+    Refused,
     RetryableError,
     StoreLocked,
 )
@@ -160,6 +163,9 @@ def run(action: Callable[[], T]) -> T:
     """Map the error tree to messages and exit codes, in one place."""
     try:
         return action()
+    except Refused as exc:  # a safety check: the message names the flag that overrides it
+        _print_error("refused", exc)
+        raise typer.Exit(EXIT_USAGE) from exc
     except StoreLocked as exc:
         _print_error("error", exc)
         raise typer.Exit(EXIT_STORE_LOCKED) from exc
@@ -241,12 +247,59 @@ def _on_command_line(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name == "COMMANDLINE"
 
 
+SourceNameOpt = Annotated[
+    str,
+    typer.Option(
+        "--source",
+        metavar="NAME",
+        help="Source name: document keys are NAME/relative-path. One name stands for one folder per index.",
+    ),
+]
+IncludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="GLOB",
+        help="Index only matching files (repeatable; gitignore-style: '*.md' matches at any depth, "
+        "'docs/*.md' only under docs/). Default: the text types listed in the README.",
+    ),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar="GLOB", help="Skip matching files (repeatable; same rules as --include)."),
+]
+RebindOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rebind",
+        metavar="",
+        help="The source name's folder moved here (renamed): keep its documents under the new path.",
+    ),
+]
+MassDeleteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-mass-delete",
+        metavar="",
+        help="Allow a pass to delete more than half of the source's indexed documents.",
+    ),
+]
+FollowLinksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow-symlinks", metavar="", help="Also index files whose symlinks point outside the folder."
+    ),
+]
+
+
 @app.command()
 def index(
     path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
-    source: Annotated[str, typer.Option(help="Source name: doc keys are SOURCE/relative-path.")] = "fs",
-    include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Glob to exclude (repeatable).")] = None,
+    source: SourceNameOpt = "fs",
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    rebind: RebindOpt = False,
+    allow_mass_delete: MassDeleteOpt = False,
+    follow_symlinks: FollowLinksOpt = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateOpt = None,
@@ -255,40 +308,52 @@ def index(
 ) -> None:
     """Index PATH once: new, changed and deleted files; unchanged text is never re-encoded."""
 
-    def action() -> None:
-        from pipeline.indexer import index_directory
+    def action() -> Any:
+        from pipeline.indexer import index_source
 
         settings = load_settings(config, state_dir, index_name, model)
+        fs = FsOptions(path, source, include, exclude, follow_symlinks, rebind)
         with EmbeddedPipeline(settings) as pipeline, _progress(enabled=not as_json) as progress:
-            summary = index_directory(
-                pipeline, path, _source(path, source, include, exclude, settings), progress
-            )
-        if as_json:
-            out.print_json(json.dumps(summary.as_json()))
-            return
-        docs = summary.as_json()["docs"]
-        out.print(
-            f"[bold]indexed[/] {path} in {summary.seconds:.1f}s  docs: "
-            + ", ".join(f"{v} {k}" for k, v in docs.items())
-            + f"  chunks: {summary.encoded} encoded, {summary.reused} reused"
-        )
-        if summary.skipped:
-            out.print("skipped files: " + ", ".join(f"{n} {r}" for r, n in summary.skipped.items()))
-        for letter in summary.dead_letters:
-            out.print(f"[yellow]dead-lettered[/] {letter['key']}: {letter.get('error.message')}")
+            src = _embedded_source(fs, settings)
+            return index_source(pipeline, src, progress, allow_mass_delete=allow_mass_delete)
 
-    run(action)
+    summary = run(action)
+    if as_json:
+        out.print_json(json.dumps(summary.as_json()))
+        return
+    out.print(f"[bold]indexed[/] {escape(str(path))} in {summary.seconds:.1f}s  " + _summary_line(summary))
+    _print_details(summary)
+
+
+def _summary_line(summary: Any) -> str:
+    docs = summary.as_json()["docs"]
+    shown = ", ".join(f"{v} {k}" for k, v in docs.items() if v or k != "stale")
+    return f"docs: {shown}  chunks: {summary.encoded} encoded, {summary.reused} reused"
+
+
+def _print_details(summary: Any) -> None:
+    if summary.skipped:
+        out.print("skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(summary.skipped.items())))
+    for letter in summary.dead_letters:
+        key, message = escape(letter["key"]), escape(str(letter.get("error.message")))
+        out.print(f"[yellow]dead-lettered[/] {key}: {message} (retried next pass; `embedstream dlq list`)")
 
 
 @app.command()
 def watch(
     path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
-    interval: Annotated[float, typer.Option(help="Seconds between rescans.")] = 1.0,
-    source: Annotated[str, typer.Option(help="Source name: doc keys are SOURCE/relative-path.")] = "fs",
-    include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Glob to exclude (repeatable).")] = None,
+    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between rescans.")] = 1.0,
+    source: SourceNameOpt = "fs",
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    rebind: RebindOpt = False,
+    allow_mass_delete: MassDeleteOpt = False,
+    follow_symlinks: FollowLinksOpt = False,
     http: Annotated[
-        str | None, typer.Option(help="host:port for /metrics, /search.", envvar="EMBEDSTREAM_HTTP__ADDR")
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT", help="Address for /metrics, /search.", envvar="EMBEDSTREAM_HTTP__ADDR"
+        ),
     ] = None,
     config: ConfigOpt = None,
     state_dir: StateOpt = None,
@@ -298,31 +363,35 @@ def watch(
     """Keep following PATH until Ctrl-C; answers `embedstream search` from other terminals."""
 
     def action() -> None:
-        from pipeline.indexer import IndexSummary, watch_directory
+        from pipeline.indexer import IndexSummary, watch_source
         from pipeline.metrics import PrometheusObserver
         from pipeline.watching import serve_pipeline
 
-        settings = load_settings(config, state_dir, index_name, model)
+        http_flag = _flag("http.addr", http, "--http", "EMBEDSTREAM_HTTP__ADDR")
+        settings = load_settings(config, state_dir, index_name, model, flags=http_flag)
         registry = CollectorRegistry()
         observer = PrometheusObserver(registry, settings.index.name)
         stop = threading.Event()
+        fs = FsOptions(path, source, include, exclude, follow_symlinks, rebind)
         with (
             EmbeddedPipeline(settings, observer=observer) as pipeline,
-            serve_pipeline(pipeline, registry, http or settings.http.addr) as url,
+            serve_pipeline(pipeline, registry, settings.http.addr) as url,
             _stop_on_signals(stop, settings.drain_timeout_s),
         ):
-            err.print(f"watching {path} (every {interval}s); queries served at {url}; Ctrl-C to stop")
+            src = _embedded_source(fs, settings)
+            err.print(
+                f"watching {escape(str(path))} (every {interval}s); queries served at {url}; Ctrl-C to stop"
+            )
+            passes = 0
 
             def report(summary: IndexSummary) -> None:
-                docs = summary.as_json()["docs"]
-                err.print(
-                    "updated: "
-                    + ", ".join(f"{v} {k}" for k, v in docs.items() if v)
-                    + f"; {summary.encoded} chunks encoded"
-                )
+                nonlocal passes
+                passes += 1
+                label = "first pass" if passes == 1 else "updated"
+                err.print(f"{label} in {summary.seconds:.1f}s: " + _summary_line(summary))
+                _print_details(summary)
 
-            src = _source(path, source, include, exclude, settings)
-            watch_directory(pipeline, path, src, stop, interval, report)
+            watch_source(pipeline, src, stop, interval, report, allow_mass_delete=allow_mass_delete)
         err.print("stopped cleanly")
 
     run(action)
@@ -460,13 +529,11 @@ def daemon_settings(
     config: Path | None, state_dir: Path | None, index: str | None, model: str | None,
     http: str | None, bootstrap: str | None,
 ) -> Settings:  # fmt: skip
-    settings = load_settings(config, state_dir, index, model)
-    updates: dict[str, Any] = {}
-    if http:
-        updates["http"] = settings.http.model_copy(update={"addr": http})
-    if bootstrap:
-        updates["kafka"] = settings.kafka.model_copy(update={"bootstrap": bootstrap})
-    return settings.model_copy(update=updates) if updates else settings
+    flags = [
+        *_flag("http.addr", http, "--http", "EMBEDSTREAM_HTTP__ADDR"),
+        *_flag("kafka.bootstrap", bootstrap, "--bootstrap", "EMBEDSTREAM_KAFKA__BOOTSTRAP"),
+    ]
+    return load_settings(config, state_dir, index, model, flags=flags)
 
 
 def run_daemon(settings: Settings, body: Callable[[threading.Event], None]) -> None:
@@ -490,10 +557,11 @@ def topics_create(
     """Create <prefix>.changes, <prefix>.vectors.<index>-v<N> (compacted) and <prefix>.dlq."""
 
     def action() -> None:
-        from pipeline.daemons import topic_specs
+        from pipeline.observe import NullObserver
+        from pipeline.runtime import Runtime
 
         settings = daemon_settings(config, None, index_name, None, None, bootstrap)
-        specs = topic_specs(settings, version)
+        specs = Runtime(settings, NullObserver()).topic_specs(version)
         with _kafka(settings) as (bus, _topics):
             bus.ensure_topics(specs)
         for spec in specs:
@@ -506,21 +574,24 @@ def topics_create(
 @source_app.command("fs")
 def source_fs(
     path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
-    interval: Annotated[float, typer.Option(help="Seconds between rescans.")] = 2.0,
-    source: Annotated[str, typer.Option(help="Source name: doc keys are SOURCE/relative-path.")] = "fs",
-    include: Annotated[list[str] | None, typer.Option(help="Glob to include (repeatable).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Glob to exclude (repeatable).")] = None,
+    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between rescans.")] = 2.0,
+    source: SourceNameOpt = "fs",
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    rebind: RebindOpt = False,
+    follow_symlinks: FollowLinksOpt = False,
     config: ConfigOpt = None,
     state_dir: StateOpt = None,
     http: HttpOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Publish PATH's new, changed and deleted files to <prefix>.changes, forever."""
-    from pipeline.daemons import run_source_fs
+    from pipeline.daemons import run_source
 
-    settings = daemon_settings(config, state_dir, None, None, http, bootstrap)
-    src = _source(path, source, include, exclude, settings)
-    run_daemon(settings, lambda stop: run_source_fs(settings, src, stop, interval))
+    settings = run(lambda: daemon_settings(config, state_dir, None, None, http, bootstrap))
+    fs = FsOptions(path, source, include, exclude, follow_symlinks, rebind)
+    src = run(lambda: _fs_source(fs, settings, settings.state_dir / "sources"))
+    run_daemon(settings, lambda stop: run_source(settings, src, stop, interval))
 
 
 @app.command()
@@ -614,18 +685,46 @@ def show_config(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
     sys.stdout.write(settings.masked_json() + "\n")
 
 
-def _source(
-    path: Path, name: str, include: list[str] | None, exclude: list[str] | None, settings: Settings
-) -> Any:
-    from connectors.filesystem import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FilesystemSource
+@dataclass(frozen=True)
+class FsOptions:
+    """What the filesystem commands share: the folder and how to walk it."""
 
-    return FilesystemSource(
-        path,
-        source=name,
-        include=include or DEFAULT_INCLUDE,
-        exclude=[*DEFAULT_EXCLUDE, *(exclude or [])],
+    path: Path
+    name: str
+    include: list[str] | None
+    exclude: list[str] | None
+    follow_symlinks: bool
+    rebind: bool
+
+
+def _embedded_source(fs: FsOptions, settings: Settings) -> Any:
+    """The folder as a source of the index: its checkpoint and name binding live per index."""
+    return _fs_source(fs, settings, settings.state_dir / "indexes" / settings.index.name)
+
+
+def _fs_source(fs: FsOptions, settings: Settings, home: Path) -> Any:
+    from connectors.filesystem import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FilesystemSource
+    from pipeline.errors import ConfigError
+    from pipeline.sources import SourceBindings
+
+    if not _SOURCE_NAME.fullmatch(fs.name):
+        raise ConfigError(
+            f"--source {fs.name!r}: use letters, digits, '.', '_' or '-' (it is half of every document key)"
+        )
+    source = FilesystemSource(
+        fs.path,
+        home / "checkpoints" / f"{fs.name}.json",
+        name=fs.name,
+        include=fs.include or DEFAULT_INCLUDE,
+        exclude=[*DEFAULT_EXCLUDE, *(fs.exclude or [])],
         max_bytes=settings.limits.max_doc_bytes,
+        follow_symlinks=fs.follow_symlinks,
     )
+    SourceBindings(home / "sources.json").bind(source.name, source.identity, rebind=fs.rebind)
+    return source
+
+
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 def _parse_filters(raw: list[str]) -> dict[str, str]:
@@ -646,17 +745,19 @@ def _parse_filters(raw: list[str]) -> dict[str, str]:
 @contextmanager
 def _kafka(settings: Settings) -> Iterator[tuple[Any, Any]]:
     from pipeline.bus.kafka import KafkaBus
-    from pipeline.topics import Topics
+    from pipeline.observe import NullObserver
+    from pipeline.runtime import Runtime
 
-    bus = KafkaBus(settings.kafka, client_id="embedstream-cli")
+    runtime = Runtime(settings, NullObserver())
+    bus = KafkaBus(settings.kafka, client_id="embedstream-cli", max_message_bytes=runtime.message_limit)
     try:
-        yield bus, Topics(settings.kafka.topic_prefix)
+        yield bus, runtime.topics
     finally:
         bus.close()
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[int, int | None], None] | None]:
+def _progress(enabled: bool) -> Iterator[Callable[[float, int | None], None] | None]:
     if not enabled or not err.is_terminal:
         yield None
         return
@@ -667,7 +768,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int | None], None] | Non
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("index", total=None, rate="-")
 
-        def update(done: int, total: int | None) -> None:
+        def update(done: float, total: int | None) -> None:
             elapsed = bar.tasks[0].elapsed or 0.0
             rate = f"{done / elapsed:.1f}" if elapsed > 0 else "-"
             bar.update(task, completed=done, total=total, rate=rate)

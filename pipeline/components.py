@@ -16,8 +16,7 @@ def open_store(settings: Settings) -> VectorStore:
     if settings.store.url:
         from pipeline.store.server import ServerStore
 
-        key = settings.store.api_key.get_secret_value() if settings.store.api_key else None
-        return ServerStore(settings.store.url, key, settings.store.timeout_s)
+        return ServerStore.from_settings(settings.store)
     from pipeline.store.edge import EdgeStore
 
     return EdgeStore(settings.qdrant_dir)

@@ -1,7 +1,8 @@
-"""Long-running processes over Kafka: ``source fs``, ``embed`` and ``sink``.
+"""Long-running processes over Kafka: ``source``, ``embed`` and ``sink``.
 
-Each daemon is the embedded mode's stage plus a Kafka transport, a ``/metrics`` endpoint,
-periodic lag reports and a SIGTERM drain: stop polling, finish the batch, commit, exit.
+Each daemon is a short binding of :class:`pipeline.runtime.Runtime` over a Kafka bus, plus a
+``/metrics`` endpoint, periodic lag reports and a SIGTERM drain: stop polling, finish the
+batch, commit, exit.
 """
 
 from __future__ import annotations
@@ -16,19 +17,16 @@ from functools import partial
 
 from prometheus_client import CollectorRegistry
 
-from connectors.filesystem import Change, Checkpoint, FilesystemSource, ScanReport, checkpoint_path
-from pipeline.bus import Consumer, Outgoing, Producer, TopicSpec
+from pipeline.bus import Outgoing, Producer
 from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
-from pipeline.components import make_chunker, make_encoder, open_cache, open_store
+from pipeline.errors import MessageTooLarge
+from pipeline.events import ChangeEvent
 from pipeline.http import DaemonServer
-from pipeline.indexer import slices
 from pipeline.metrics import PrometheusObserver
-from pipeline.observe import Observer
+from pipeline.runtime import Runtime, run_source_pass
 from pipeline.settings import Settings
+from pipeline.sources import Source
 from pipeline.stages import Stage
-from pipeline.stages.embed import EmbedStage
-from pipeline.stages.sink import SinkStage
-from pipeline.topics import Topics
 from pipeline.worker import Health, Worker, call_with_retry
 
 log = logging.getLogger(__name__)
@@ -44,136 +42,103 @@ PROGRESS_LOG_S = 30.0
 
 @dataclass(frozen=True)
 class DaemonContext:
-    settings: Settings
+    runtime: Runtime
+    bus: KafkaBus
     stop: threading.Event
     registry: CollectorRegistry
-    observer: Observer
     health: Health
-
-
-def topic_specs(settings: Settings, version: int) -> list[TopicSpec]:
-    topics, kafka = Topics(settings.kafka.topic_prefix), settings.kafka
-    return [
-        TopicSpec(topics.changes, kafka.partitions, kafka.replication, compacted=True),
-        TopicSpec(topics.vectors(settings.index.name, version), kafka.partitions, kafka.replication),
-        TopicSpec(topics.dlq, kafka.partitions, kafka.replication, compacted=False),
-    ]
-
-
-def group_id(settings: Settings, stage: str, version: int) -> str:
-    """One consumer group per stage and index version: a new version backfills from offset 0."""
-    return f"{settings.kafka.topic_prefix}.{stage}.{settings.index.name}-v{version}"
 
 
 @contextmanager
 def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[DaemonContext]:
-    """Metrics registry, observer and HTTP endpoint around one daemon's lifetime."""
+    """Runtime, Kafka bus, metrics registry and HTTP endpoint around one daemon's lifetime."""
     registry = CollectorRegistry()
     health = Health()
-    observer = PrometheusObserver(registry, settings.index.name)
-
-    server = DaemonServer(settings.http.addr, registry, health.readiness).start()
-    log.info("%s daemon started", name, extra={"http": server.url, "index": settings.index.name})
+    runtime = Runtime(settings, PrometheusObserver(registry, settings.index.name))
+    bus = KafkaBus(
+        settings.kafka, client_id=f"embedstream-{name}", timeouts=DAEMON_TIMEOUTS,
+        max_message_bytes=runtime.message_limit,
+    )  # fmt: skip
     try:
-        yield DaemonContext(settings, stop, registry, observer, health)
+        server = DaemonServer(settings.http.addr, registry, health.readiness).start()
+        log.info("%s daemon started", name, extra={"http": server.url, "index": settings.index.name})
+        try:
+            yield DaemonContext(runtime, bus, stop, registry, health)
+        finally:
+            server.stop()
+            log.info("%s daemon stopped", name)
     finally:
-        server.stop()
-        log.info("%s daemon stopped", name)
+        bus.close()
+        runtime.close()
 
 
 def run_embed(settings: Settings, version: int, stop: threading.Event) -> None:
-    topics = Topics(settings.kafka.topic_prefix)
-    encoder = make_encoder(settings)
-    cache = open_cache(settings)
-    try:
-        with daemon(settings, stop, "embed") as ctx:
-            stage = EmbedStage(
-                encoder, cache, make_chunker(encoder, settings), settings.limits,
-                topics.vectors(settings.index.name, version), topics.dlq, ctx.observer,
-            )  # fmt: skip
-            _consume(ctx, stage, version, topics.changes)
-    finally:
-        cache.close()
+    with daemon(settings, stop, "embed") as ctx:
+        _consume(ctx, ctx.runtime.embed_stage(version), version)
 
 
 def run_sink(settings: Settings, version: int, stop: threading.Event) -> None:
-    topics = Topics(settings.kafka.topic_prefix)
-    store = open_store(settings)  # fails fast if another process owns an embedded store
+    with daemon(settings, stop, "sink") as ctx:
+        _consume(ctx, ctx.runtime.sink_stage(version), version)
+
+
+def _consume(ctx: DaemonContext, stage: Stage, version: int) -> None:
+    """What every consuming daemon shares: topics, group member, worker loop."""
+    runtime, bus = ctx.runtime, ctx.bus
+    call_with_retry(lambda: bus.ensure_topics(runtime.topic_specs(version)), ctx.stop, ctx.health)
+    consumer = bus.consumer(runtime.group_id(stage.name, version), [runtime.input_topic(stage, version)])
     try:
-        with daemon(settings, stop, "sink") as ctx:
-            stage = SinkStage(store, settings.index, version, topics.dlq, ctx.observer)
-            _consume(ctx, stage, version, topics.vectors(settings.index.name, version))
+        worker = runtime.worker(stage, consumer, bus.producer(), stop=ctx.stop, health=ctx.health)
+        _run_worker(worker)
     finally:
-        store.close()
+        consumer.close()
 
 
-def _consume(ctx: DaemonContext, stage: Stage, version: int, topic: str) -> None:
-    """The Kafka side every consuming daemon shares: topics, group member, worker loop."""
-    settings = ctx.settings
-    bus = KafkaBus(settings.kafka, client_id=f"embedstream-{stage.name}", timeouts=DAEMON_TIMEOUTS)
-    try:
-        call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, version)), ctx.stop, ctx.health)
-        consumer = bus.consumer(group_id(settings, stage.name, version), [topic])
-        try:
-            _run_worker(_worker(ctx, consumer, bus.producer(), stage))
-        finally:
-            consumer.close()
-    finally:
-        bus.close()
-
-
-def run_source_fs(
-    settings: Settings, source: FilesystemSource, stop: threading.Event, interval_s: float
-) -> None:
-    topics = Topics(settings.kafka.topic_prefix)
-    bus = KafkaBus(settings.kafka, client_id="embedstream-source", timeouts=DAEMON_TIMEOUTS)
-    path = checkpoint_path(settings.state_dir / "sources", source.source, source.root)
+def run_source(settings: Settings, source: Source, stop: threading.Event, interval_s: float) -> None:
+    """Publish the source's changes forever: a pass every ``interval_s``, each slice
+    checkpointed only after the broker acknowledged it."""
     with daemon(settings, stop, "source") as ctx:
-        call_with_retry(lambda: bus.ensure_topics(topic_specs(settings, 1)[:1]), stop, ctx.health)
-        producer = bus.producer()
-        checkpoint = Checkpoint.load(path)
+        runtime = ctx.runtime
+        call_with_retry(lambda: ctx.bus.ensure_topics(runtime.topic_specs(1)[:1]), stop, ctx.health)
+        producer = ctx.bus.producer()
         try:
             while not stop.is_set():
-                report = ScanReport()
-                # In slices, so a first scan of a huge tree never holds every text at once.
-                for part in slices(source.scan(checkpoint, report), SOURCE_SLICE):
-                    publish_changes(part, producer, topics, stop, ctx)
-                    for change in part:
-                        checkpoint.apply(change)
-                    checkpoint.save(path)
-                if report.skipped:
-                    log.info("source skipped files", extra={"skipped": dict(report.skipped)})
+                deliver = partial(publish_changes, producer=producer, ctx=ctx)
+                result = run_source_pass(source, deliver, slice_size=SOURCE_SLICE)
+                if result.report.skipped:
+                    log.info("source skipped documents", extra={"skipped": dict(result.report.skipped)})
                 ctx.health.last_commit = time.time()
-                ctx.observer.committed("source")
+                runtime.observer.committed("source")
                 stop.wait(interval_s)
         finally:
             producer.close()
-            bus.close()
 
 
-def publish_changes(
-    changes: Sequence[Change], producer: Producer, topics: Topics, stop: threading.Event, ctx: DaemonContext
-) -> None:
+def publish_changes(events: Sequence[ChangeEvent], *, producer: Producer, ctx: DaemonContext) -> set[str]:
     """Send a slice of changes; returns only once the broker acknowledged every event,
-    because the checkpoint advances right after."""
-    events = [c.event for c in changes if c.event is not None]
-    messages = [Outgoing(topics.changes, e.key, e.to_bytes()) for e in events]
-    call_with_retry(partial(producer.send, messages), stop, ctx.health, awaiting="produce")
+    because the checkpoint advances right after. An event too large for any Kafka message
+    is left out and reported (its key is returned: not checkpointed, tried next pass)."""
+    topics, observer = ctx.runtime.topics, ctx.runtime.observer
+    pending = {e.key: Outgoing(topics.changes, e.key, e.to_bytes()) for e in events}
+    refused: set[str] = set()
+    while True:
+        try:
+            call_with_retry(
+                partial(producer.send, list(pending.values())), ctx.stop, ctx.health, awaiting="produce"
+            )
+            break
+        except MessageTooLarge as exc:
+            key = exc.key if exc.key in pending else next(iter(pending))
+            log.warning("source: %s is too large for a Kafka message (%s); not published", key, exc)
+            observer.dead_lettered("source", exc.reason)
+            refused.add(key)
+            del pending[key]
     for event in events:
-        ctx.observer.event_out("source", event.op)
-    if messages:
-        log.info("source emitted %d changes", len(messages))
-
-
-def _worker(ctx: DaemonContext, consumer: Consumer, producer: Producer, stage: Stage) -> Worker:
-    kafka = ctx.settings.kafka
-    return Worker(
-        consumer, producer, stage, ctx.observer,
-        max_records=kafka.batch_max_records,
-        poll_timeout_s=max(0.05, kafka.batch_max_wait_ms / 1000),
-        stop=ctx.stop,
-        health=ctx.health,
-    )  # fmt: skip
+        if event.key not in refused:
+            observer.event_out("source", event.op)
+    if pending:
+        log.info("source emitted %d changes", len(pending))
+    return refused
 
 
 def _run_worker(worker: Worker) -> None:

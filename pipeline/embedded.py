@@ -1,53 +1,50 @@
 """The embedded default: source, embed and sink stages in one process over an in-process bus.
 
-The stage objects and the worker loop are exactly those the Kafka daemons run; only the
-transport (:class:`InMemoryBus`) and the store (embedded Qdrant engine, unless a server URL
-is configured) differ.
+A short binding of :class:`pipeline.runtime.Runtime`: the stage objects and the worker
+loop are exactly those the Kafka daemons run; only the transport (:class:`InMemoryBus`)
+and the store (embedded Qdrant engine, unless a server URL is configured) differ.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pipeline.bus import Outgoing
 from pipeline.bus.memory import InMemoryBus
 from pipeline.cache import EmbeddingCache
-from pipeline.components import make_chunker, make_encoder, open_cache, open_store
+from pipeline.dlq import LocalDeadLetters
 from pipeline.encoder import Encoder
 from pipeline.errors import ConfigError
 from pipeline.events import ChangeEvent
 from pipeline.index import DocStates, IndexVersion, live_version, versions
-from pipeline.observe import Observer, Observers, RunStats
-from pipeline.settings import Settings
-from pipeline.stages.embed import EmbedStage
-from pipeline.stages.sink import SinkStage
-from pipeline.store import Scalar, SearchOptions, VectorStore
-from pipeline.topics import Topics
-from pipeline.worker import Worker
+from pipeline.observe import NullObserver, Observer, Observers, RunStats
+from pipeline.runtime import Runtime
+from pipeline.search import SearchResult, search_documents
+from pipeline.settings import IndexSettings, Settings
+from pipeline.store import VectorStore
 
 log = logging.getLogger(__name__)
 
-_TOP_LEVEL_FIELDS = {"doc_id", "source", "doc_key"}
 
+class ProgressHook(NullObserver):
+    """Lets a progress bar hear how far the embed batch in flight has encoded."""
 
-@dataclass(frozen=True)
-class SearchResult:
-    doc_id: str
-    source: str
-    score: float
-    text: str
-    metadata: dict[str, Any]
+    def __init__(self) -> None:
+        self.on_encoding: Callable[[int, int], None] | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        return {"doc_id": self.doc_id, "score": self.score, "text": self.text, "metadata": self.metadata}
+    def encoding(self, done: int, total: int) -> None:
+        if self.on_encoding is not None:
+            self.on_encoding(done, total)
 
 
 class EmbeddedPipeline:
-    """Owns the store for its lifetime; ``search`` and ``status`` are safe from other threads."""
+    """The runtime over an in-process bus, owning the store for its lifetime.
+
+    ``search`` and ``status`` are safe from other threads (the watcher's HTTP endpoint).
+    """
 
     def __init__(
         self,
@@ -55,58 +52,59 @@ class EmbeddedPipeline:
         *,
         encoder: Encoder | None = None,
         cache: EmbeddingCache | None = None,
+        store: VectorStore | None = None,
         observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.stats = RunStats()
-        self._observer: Observer = Observers(self.stats, observer) if observer else self.stats
-        self.store: VectorStore = open_store(settings)
+        self.progress = ProgressHook()
+        members: list[Observer] = [self.stats, self.progress, *([observer] if observer else [])]
+        self.runtime = Runtime(settings, Observers(*members), encoder=encoder, cache=cache, store=store)
+        self.store: VectorStore = self.runtime.store  # opens it: fails fast if another process owns it
         try:
-            self.encoder = encoder or make_encoder(settings)
-            self._cache = cache or open_cache(settings)
             self._lock = threading.RLock()
+            self._dead = LocalDeadLetters(settings.state_dir / "dlq.jsonl")
             self._build_workers()
         except BaseException:
-            self.store.close()
+            self.runtime.close()
             raise
 
-    def _build_workers(self) -> None:
-        settings, topics = self.settings, Topics(self.settings.kafka.topic_prefix)
-        live = live_version(self.store, settings.index.name)
-        if live is not None and live.fingerprint != self.encoder.fingerprint:
-            msg = (
-                f"index {settings.index.name!r} ({live.collection}) was built with model {live.fingerprint}, "
-                f"but this run uses {self.encoder.fingerprint}; choose another index.name, or remove "
-                f"{settings.state_dir} to rebuild it"
-            )
-            raise ConfigError(msg)
-        number = live.version if live else 1
-        self.bus = InMemoryBus()
-        self.topics = topics
-        vectors = topics.vectors(settings.index.name, number)
-        chunker = make_chunker(self.encoder, settings)
-        embed = EmbedStage(
-            self.encoder, self._cache, chunker, settings.limits, vectors, topics.dlq, self._observer
-        )
-        self._sink = SinkStage(self.store, settings.index, number, topics.dlq, self._observer)
-        batch = settings.kafka.batch_max_records
-        self._embed = Worker(
-            self.bus.consumer("embed", [topics.changes]), self.bus.producer(), embed,
-            self._observer, max_records=batch, poll_timeout_s=0,
-        )  # fmt: skip
-        self._sink_worker = Worker(
-            self.bus.consumer("sink", [vectors]), self.bus.producer(), self._sink,
-            self._observer, max_records=batch, poll_timeout_s=0,
-        )  # fmt: skip
+    @property
+    def encoder(self) -> Encoder:
+        return self.runtime.encoder
 
-    def process(self, events: Sequence[ChangeEvent]) -> None:
-        """Index ``events`` and return once every one is durably in the store (or the DLQ)."""
+    def _build_workers(self) -> None:
+        runtime, settings = self.runtime, self.settings
+        live = live_version(self.store, settings.index.name)
+        if live is not None:
+            check_compatible(live, settings.index, self.encoder.fingerprint)
+        self.version_number = live.version if live else 1
+        self.bus = InMemoryBus()
+        self.topics = runtime.topics
+        embed, self._sink = runtime.embed_stage(self.version_number), runtime.sink_stage(self.version_number)
+        producer = self.bus.producer()
+        self._embed = runtime.worker(
+            embed, self.bus.consumer("embed", [self.topics.changes]), producer, poll_timeout_s=0
+        )
+        vectors = runtime.input_topic(self._sink, self.version_number)
+        self._sink_worker = runtime.worker(
+            self._sink, self.bus.consumer("sink", [vectors]), producer, poll_timeout_s=0
+        )
+        self._dead_seen = 0
+
+    def process(self, events: Sequence[ChangeEvent]) -> set[str]:
+        """Index ``events``; returns once every one is durably in the store or dead-lettered,
+        with the keys of those dead-lettered (their sources must not checkpoint them)."""
         producer = self.bus.producer()
         producer.send([Outgoing(self.topics.changes, e.key, e.to_bytes()) for e in events])
         while self._embed.run_batch():
             self._drain_sink()
         self._drain_sink()
+        letters = self.bus.records(self.topics.dlq)[self._dead_seen :]
+        self._dead_seen += len(letters)
+        self._dead.append(letters)
         self.bus.trim()
+        return {r.key or "" for r in letters}
 
     def _drain_sink(self) -> None:
         while True:
@@ -114,7 +112,17 @@ class EmbeddedPipeline:
                 if not self._sink_worker.run_batch():
                     return
 
+    def indexed(self, source: str) -> dict[str, int]:
+        """doc_id -> version of the live documents of ``source`` in the index being written."""
+        with self._lock:
+            version = self._sink.version
+            if version is None:
+                found = versions(self.store, self.settings.index.name)
+                version = next((v for v in found if v.version == self.version_number), None)
+            return DocStates(self.store, version).live(source) if version is not None else {}
+
     def dead_letters(self) -> list[dict[str, str]]:
+        """This process's dead letters (the local log keeps every run's)."""
         letters = []
         for record in self.bus.records(self.topics.dlq):
             headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
@@ -123,24 +131,8 @@ class EmbeddedPipeline:
 
     def search(self, query: str, k: int = 10, filters: Mapping[str, str] | None = None) -> list[SearchResult]:
         with self._lock:
-            version = live_version(self.store, self.settings.index.name)
-            if version is None:
-                return []
-            vector = version.to_storage(self.encoder.encode_queries([query]))[0]
-            options = SearchOptions(
-                limit=k * 4, filters=payload_filters(filters or {}),
-                oversampling=version.oversampling, rescore=version.rescore,
-            )  # fmt: skip
-            hits = self.store.search(version.collection, vector.tolist(), options)
-        best: dict[str, SearchResult] = {}
-        for hit in hits:  # one result per document: its best chunk
-            key = str(hit.payload.get("doc_key"))
-            if key not in best:
-                best[key] = SearchResult(
-                    str(hit.payload.get("doc_id")), str(hit.payload.get("source")), hit.score,
-                    str(hit.payload.get("text", "")), dict(hit.payload.get("metadata") or {}),
-                )  # fmt: skip
-        return list(best.values())[:k]
+            live = live_version(self.store, self.settings.index.name)
+            return search_documents(self.store, live, self.encoder, query, k, filters)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -148,23 +140,13 @@ class EmbeddedPipeline:
 
     def close(self) -> None:
         with self._lock:
-            self._cache.close()
-            self.store.close()
+            self.runtime.close()
 
     def __enter__(self) -> EmbeddedPipeline:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-
-def payload_filters(filters: Mapping[str, str]) -> dict[str, Scalar]:
-    """``--filter ext=.md`` means ``metadata.ext``; doc_id/source/doc_key are top-level."""
-    parsed: dict[str, Scalar] = {}
-    for key, raw in filters.items():
-        field = key if key in _TOP_LEVEL_FIELDS or key.startswith("metadata.") else f"metadata.{key}"
-        parsed[field] = int(raw) if raw.lstrip("-").isdigit() else raw
-    return parsed
 
 
 def index_status(store: VectorStore, name: str) -> dict[str, Any]:
@@ -187,3 +169,29 @@ def _version_status(store: VectorStore, version: IndexVersion, live: str | None)
         "documents": DocStates(store, version).live_count(),
         "points": store.count(version.collection),
     }
+
+
+def check_compatible(live: IndexVersion, index: IndexSettings, fingerprint: str) -> None:
+    """An existing index version is never written with another model or storage spec."""
+    wanted = {
+        "model": fingerprint,
+        "dims": index.dims or live.full_dims,
+        "datatype": index.datatype,
+        "quantization": index.quantization,
+    }
+    held = {
+        "model": live.fingerprint,
+        "dims": live.dims,
+        "datatype": live.datatype,
+        "quantization": live.quantization,
+    }
+    changed = [
+        f"{k}: index has {held[k]}, settings ask for {wanted[k]}" for k in wanted if wanted[k] != held[k]
+    ]
+    if changed:
+        msg = (
+            f"index {live.name!r} ({live.collection}) cannot change in place: " + "; ".join(changed) + ". "
+            "Build a new index version with these settings (`embedstream migrate start`), or use another "
+            "index name (--index), or restore the previous settings"
+        )
+        raise ConfigError(msg)

@@ -114,6 +114,12 @@ class SentenceTransformerEncoder:
         return self._path
 
     @property
+    def token_budget(self) -> int:
+        """Padded tokens per torch batch (known once the model is loaded)."""
+        self._load()
+        return self._budget
+
+    @property
     def backend(self) -> str:
         """What encodes now: ``torch``, ``onnx``, or ``none`` before the first encode."""
         if self._model is not None:
@@ -260,17 +266,23 @@ def _reassemble(batches: list[list[int]], parts: Sequence[Matrix]) -> Matrix:
     return result
 
 
-def encode_overlapped(model: SentenceTransformer, batches: Iterable[dict[str, np.ndarray]]) -> list[Matrix]:
-    """Run padded feature batches through ``model`` keeping two batches in flight.
+def encode_overlapped(
+    model: SentenceTransformer,
+    batches: Iterable[dict[str, np.ndarray]],
+    depth: int = 2,
+    pin: bool | None = None,
+) -> list[Matrix]:
+    """Run padded feature batches through ``model`` keeping ``depth`` batches in flight.
 
     On CUDA the forward pass and the device-to-host copy are queued asynchronously, so the
     host builds and copies the next batch (from page-locked memory) while the GPU computes
-    this one; results are collected one batch behind. On CPU it is a plain loop.
+    this one; results are collected ``depth - 1`` batches behind. On CPU it is a plain loop.
+    ``depth=1`` and ``pin`` exist for ops/bench/gpu.py to measure what each one buys.
     """
     import torch
 
     device = model.device
-    pin = pin_host_memory("cuda" if device.type == "cuda" else "cpu")
+    pin = pin_host_memory("cuda" if device.type == "cuda" else "cpu") if pin is None else pin
     parts: list[Matrix] = []
     in_flight: list[tuple[torch.Tensor, Any]] = []
     with torch.inference_mode():
@@ -283,7 +295,7 @@ def encode_overlapped(model: SentenceTransformer, batches: Iterable[dict[str, np
             if done is not None:
                 done.record()
             in_flight.append((host, done))
-            if len(in_flight) > 1:
+            if len(in_flight) >= depth:
                 parts.append(_collect(*in_flight.pop(0)))
         parts.extend(_collect(host, done) for host, done in in_flight)
     return parts

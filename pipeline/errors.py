@@ -4,6 +4,7 @@
 
     EmbedstreamError
     ├── CommitLost                batch done but its partitions moved: skip the commit
+    ├── Refused                   a safety check stopped the operation: rerun with the flag it names
     ├── RetryableError            transient: retry with backoff, do not commit
     │   ├── BusUnavailable        broker down, produce/commit timed out
     │   └── StoreUnavailable      Qdrant down or timing out
@@ -47,6 +48,12 @@ class CommitLost(EmbedstreamError):
 
     retryable = False
     reason = "commit_lost"
+
+
+class Refused(EmbedstreamError):
+    """A safety check refused an operation the user can still ask for explicitly."""
+
+    reason = "refused"
 
 
 class RetryableError(EmbedstreamError):

@@ -31,12 +31,12 @@ class ChangeEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
-    source: str = Field(min_length=1, max_length=200)
+    source: str = Field(min_length=1, max_length=200, pattern=r"^[^/]+$")
     doc_id: str = Field(min_length=1, max_length=2000)
     op: Op
     text: str | None = None
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
-    version: int = Field(ge=0, description="Monotonic per document: mtime_ns, updated_at, LSN")
+    version: int = Field(ge=0, lt=2**63, description="Monotonic per document: mtime_ns, updated_at, LSN")
     content_hash: str | None = None
     emitted_at: float = Field(default_factory=time.time)
 
@@ -73,6 +73,12 @@ class ChangeEvent(BaseModel):
 
 def doc_key(source: str, doc_id: str) -> str:
     return f"{source}/{doc_id}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(source, doc_id) of a document key; source names never contain "/"."""
+    source, _, doc_id = key.partition("/")
+    return source, doc_id
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,12 @@ from typing import Any, Literal
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.events import Matrix
+from pipeline.events import Matrix, split_key
+from pipeline.faults import crash_point
 from pipeline.hashing import doc_state_id
 from pipeline.planner import DocState
 from pipeline.settings import IndexSettings
-from pipeline.store import CollectionSpec, PointWrite, VectorStore
+from pipeline.store import DOC_KEY, VERSION, CollectionSpec, PointWrite, VectorStore
 
 _SPEC_KEY = "__spec__"
 _UNIT = (1.0,)  # the docs collection needs a vector; it is never searched
@@ -70,12 +71,25 @@ class IndexVersion:
 
 
 def create_version(store: VectorStore, version: IndexVersion) -> None:
-    """Create both collections and record the spec; the alias is left alone."""
+    """Create both collections, then record the spec, then point the alias if it points nowhere.
+
+    Every step is idempotent, and the spec is written last among the collection steps: a
+    version is "known" (:func:`read_version`) only once it is complete, so a fault at any
+    step is retried from that step, and two sinks creating the same version both succeed.
+    """
     store.create_collection(version.collection, version.spec)
+    crash_point("index.create_version")
     store.create_collection(version.docs_collection, CollectionSpec(dims=1))
-    payload = {"key": _SPEC_KEY, "spec": asdict(version)}
+    payload = {DOC_KEY: _SPEC_KEY, "spec": asdict(version)}
     store.upsert(version.docs_collection, [PointWrite(doc_state_id(_SPEC_KEY), _UNIT, payload)])
     store.flush()
+    ensure_alias(store, version)
+
+
+def ensure_alias(store: VectorStore, version: IndexVersion) -> None:
+    """Serve ``version`` through the alias if the alias points nowhere yet."""
+    if store.get_alias(version.name) is None:
+        store.set_alias(version.name, version.collection)
 
 
 def read_version(store: VectorStore, collection: str) -> IndexVersion | None:
@@ -115,14 +129,25 @@ class DocStates:
         return {ids[i]: _state(p) for i, p in found.items() if i in ids}
 
     def put(self, states: Mapping[str, DocState]) -> None:
-        points = [
-            PointWrite(doc_state_id(key), _UNIT, {"key": key, "status": _status(s), **asdict(s)})
-            for key, s in states.items()
-        ]
-        self._store.upsert(self._collection, points)
+        """Record states, never over a newer recorded version (a fenced-out writer loses)."""
+        points = [PointWrite(doc_state_id(key), _UNIT, _record(key, s)) for key, s in states.items()]
+        self._store.upsert(self._collection, points, guarded=True)
 
-    def live_count(self) -> int:
-        return self._store.count(self._collection, {"status": "live"})
+    def live_count(self, source: str | None = None) -> int:
+        filters: dict[str, str] = {"status": "live"}
+        if source is not None:
+            filters["source"] = source
+        return self._store.count(self._collection, filters)
+
+    def live(self, source: str) -> dict[str, int]:
+        """doc_id -> indexed version of every live document of ``source``."""
+        found = self._store.scroll(self._collection, {"status": "live", "source": source})
+        return {str(p["doc_id"]): int(p[VERSION]) for _, p in found if "doc_id" in p}
+
+
+def _record(key: str, state: DocState) -> dict[str, Any]:
+    source, doc_id = split_key(key)
+    return {DOC_KEY: key, "source": source, "doc_id": doc_id, "status": _status(state), **asdict(state)}
 
 
 def _status(state: DocState) -> str:

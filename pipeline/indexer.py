@@ -1,29 +1,29 @@
-"""Index a directory through the embedded pipeline: one pass (``index``) or forever (``watch``).
+"""Index a source through the embedded pipeline: one pass (``index``) or forever (``watch``).
 
-The checkpoint learns a file's state only after its event is durably indexed, slice by
-slice, so an interrupted run re-emits (and the cache makes that cheap) instead of losing.
+Both are :func:`pipeline.runtime.run_source_pass` over the embedded pipeline: the source's
+checkpoint learns a document's state only after its event is durably indexed (or learns
+nothing, when it was dead-lettered: the next pass tries it again).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from connectors.filesystem import Change, Checkpoint, FilesystemSource, ScanReport, checkpoint_path
 from pipeline.embedded import EmbeddedPipeline
 from pipeline.planner import Outcome
+from pipeline.runtime import PassResult, run_source_pass
+from pipeline.sources import Source
 
 log = logging.getLogger(__name__)
 
 SLICE = 64  # documents per embed batch: large enough to batch the model well
 
-Progress = Callable[[int, int | None], None]  # (documents done, total if known)
+Progress = Callable[[float, int | None], None]  # (documents done, total if known)
 
 
 @dataclass
@@ -39,6 +39,10 @@ class IndexSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     dead_letters: list[dict[str, str]] = field(default_factory=list)
 
+    @property
+    def changed_anything(self) -> bool:
+        return bool(self.added or self.changed or self.deleted or self.dead_letters)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "docs": {
@@ -46,6 +50,7 @@ class IndexSummary:
                 "changed": self.changed,
                 "unchanged": self.unchanged,
                 "deleted": self.deleted,
+                "stale": self.stale,
             },
             "chunks": {"encoded": self.encoded, "reused": self.reused},
             "seconds": round(self.seconds, 3),
@@ -54,54 +59,86 @@ class IndexSummary:
         }
 
 
-def index_directory(
+def index_source(
     pipeline: EmbeddedPipeline,
-    root: Path,
-    source: FilesystemSource,
+    source: Source,
     progress: Progress | None = None,
+    *,
+    allow_mass_delete: bool = False,
+    reconcile: bool = True,
 ) -> IndexSummary:
-    """Scan ``root`` once and bring the index in step with it."""
+    """One pass over ``source``, bringing the index in step with it.
+
+    ``reconcile`` also deletes documents the index holds for this source that the pass did
+    not see (it costs one scan of the source's document states).
+    """
     started = time.perf_counter()
     before = _snapshot(pipeline)
-    # Per index: a second index over the same files must see every file as new.
-    settings = pipeline.settings
-    path = checkpoint_path(settings.state_dir / "indexes" / settings.index.name, source.source, root)
-    checkpoint = Checkpoint.load(path)
-    report = ScanReport()
-    total = source.count_candidates() if progress else None
-    done = 0
-    if progress:
-        progress(0, total)
-    for part in slices(source.scan(checkpoint, report), SLICE):
-        pipeline.process([c.event for c in part if c.event is not None])
-        for change in part:
-            checkpoint.apply(change)
-        checkpoint.save(path)
-        done += len(part)
-        if progress:
-            progress(done + report.unchanged + sum(report.skipped.values()), total)
-    return _summary(pipeline, before, report, time.perf_counter() - started)
+    tracker = _ProgressTracker(progress, source.estimate() if progress else None)
+    pipeline.progress.on_encoding = tracker.encoding
+    try:
+        result = run_source_pass(
+            source,
+            tracker.deliver(pipeline.process),
+            slice_size=SLICE,
+            indexed=(lambda: pipeline.indexed(source.name)) if reconcile else None,
+            allow_mass_delete=allow_mass_delete,
+        )
+    finally:
+        pipeline.progress.on_encoding = None
+    return _summary(pipeline, before, result, time.perf_counter() - started)
 
 
-def watch_directory(
+def watch_source(
     pipeline: EmbeddedPipeline,
-    root: Path,
-    source: FilesystemSource,
+    source: Source,
     stop: threading.Event,
     interval_s: float = 1.0,
     on_pass: Callable[[IndexSummary], None] | None = None,
+    *,
+    allow_mass_delete: bool = False,
 ) -> None:
-    """Rescan every ``interval_s`` until ``stop`` is set; a pass in progress finishes."""
+    """Pass every ``interval_s`` until ``stop`` is set; a pass in progress finishes.
+
+    Only the first pass reconciles against the index; later passes follow the checkpoint.
+    """
+    first = True
     while not stop.is_set():
-        summary = index_directory(pipeline, root, source)
-        if on_pass is not None and (summary.added or summary.changed or summary.deleted):
+        summary = index_source(pipeline, source, allow_mass_delete=allow_mass_delete, reconcile=first)
+        if on_pass is not None and (first or summary.changed_anything):
             on_pass(summary)
+        first = False
         stop.wait(interval_s)
 
 
-def slices(changes: Iterator[Change], size: int) -> Iterator[Sequence[Change]]:
-    while part := list(itertools.islice(changes, size)):
-        yield part
+class _ProgressTracker:
+    """Documents done, moving per encode slice inside a batch, not only per batch."""
+
+    def __init__(self, progress: Progress | None, total: int | None) -> None:
+        self._progress = progress
+        self._total = total
+        self._done = 0
+        self._slice = 0
+        if progress is not None:
+            progress(0, total)
+
+    def deliver(self, process: Callable[..., set[str]]) -> Callable[..., set[str]]:
+        def delivering(events: Any) -> set[str]:
+            self._slice = len(events)
+            failed = process(events)
+            self._done += len(events)
+            self._report(self._done)
+            return failed
+
+        return delivering
+
+    def encoding(self, done: int, total: int) -> None:
+        if total:
+            self._report(self._done + self._slice * done / total)
+
+    def _report(self, done: float) -> None:
+        if self._progress is not None:
+            self._progress(done, self._total)
 
 
 def _snapshot(pipeline: EmbeddedPipeline) -> tuple[dict[str, int], int, int, int]:
@@ -112,7 +149,7 @@ def _snapshot(pipeline: EmbeddedPipeline) -> tuple[dict[str, int], int, int, int
 def _summary(
     pipeline: EmbeddedPipeline,
     before: tuple[dict[str, int], int, int, int],
-    report: ScanReport,
+    result: PassResult,
     seconds: float,
 ) -> IndexSummary:
     docs_before, encoded_before, reused_before, dead_before = before
@@ -124,12 +161,12 @@ def _summary(
     return IndexSummary(
         added=delta(Outcome.ADDED),
         changed=delta(Outcome.CHANGED),
-        unchanged=delta(Outcome.UNCHANGED) + report.unchanged,
+        unchanged=delta(Outcome.UNCHANGED) + result.report.unchanged,
         deleted=delta(Outcome.DELETED),
         stale=delta(Outcome.STALE),
         encoded=stats.encoded - encoded_before,
         reused=stats.reused - reused_before,
         seconds=seconds,
-        skipped=dict(report.skipped),
+        skipped=dict(result.report.skipped),
         dead_letters=pipeline.dead_letters()[dead_before:],
     )

@@ -82,6 +82,9 @@ class PrometheusObserver:
     def encode_batch(self, seconds: float) -> None:
         self.encode_seconds.observe(seconds)
 
+    def encoding(self, done: int, total: int) -> None:
+        pass  # a per-batch progress figure: chunks_encoded_total already counts the work
+
     def upserted(self, seconds: float, points: int, deleted: int) -> None:
         self.upsert_seconds.labels(self._index).observe(seconds)
         self.points_upserted.labels(self._index).inc(points)

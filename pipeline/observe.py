@@ -21,6 +21,7 @@ class Observer(Protocol):
     def doc_outcome(self, outcome: str) -> None: ...
     def chunks(self, encoded: int, reused: int, tokens: int) -> None: ...
     def encode_batch(self, seconds: float) -> None: ...
+    def encoding(self, done: int, total: int) -> None: ...
     def upserted(self, seconds: float, points: int, deleted: int) -> None: ...
     def freshness(self, stage: str, seconds: Sequence[float]) -> None: ...
     def committed(self, stage: str) -> None: ...
@@ -50,6 +51,9 @@ class NullObserver:
 
     def encode_batch(self, seconds: float) -> None:
         pass
+
+    def encoding(self, done: int, total: int) -> None:
+        """Progress of the chunks one embed batch must encode (for progress bars)."""
 
     def upserted(self, seconds: float, points: int, deleted: int) -> None:
         pass
@@ -129,6 +133,10 @@ class Observers(NullObserver):
     def encode_batch(self, seconds: float) -> None:
         for m in self._members:
             m.encode_batch(seconds)
+
+    def encoding(self, done: int, total: int) -> None:
+        for m in self._members:
+            m.encoding(done, total)
 
     def upserted(self, seconds: float, points: int, deleted: int) -> None:
         for m in self._members:

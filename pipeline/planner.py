@@ -1,16 +1,17 @@
 """The pure core: decide what to encode, upsert and delete from plain values.
 
 No I/O happens here. The embed stage asks :func:`plan_encode` which chunk hashes need
-the model; the sink asks :func:`plan_write` which points to write and delete given what
-the index already reflects for the document. Every invariant about "exactly its current
-chunks", "stale events change nothing" and "unchanged text writes nothing" lives here.
+the model; the sink asks :func:`plan_batch` what to write for each document given what
+the index already reflects for it. Every invariant about "stale events change nothing"
+and "unchanged text writes nothing" lives here; "exactly its current chunks" is the
+sink's sweep after each write (by document key, not by remembered ids).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -84,48 +85,83 @@ class Incoming:
     point_ids: tuple[str, ...]
 
 
+class Write(StrEnum):
+    """What the sink does for a document, before recording its state and sweeping."""
+
+    NOTHING = "nothing"  # stale, or already exactly recorded
+    STATE = "state"  # same text and metadata: only the newer version is recorded
+    PAYLOAD = "payload"  # same text, new metadata: payloads change, vectors do not
+    POINTS = "points"  # new text: every current chunk is written
+    DELETE = "delete"  # gone or unindexable: no point of it may remain
+
+
 @dataclass(frozen=True)
 class WritePlan:
     outcome: Outcome
-    upsert: tuple[int, ...]  # ordinals of the incoming chunks to write
-    delete: tuple[str, ...]
-    state: DocState | None  # bookkeeping to persist last; None = nothing to persist
+    write: Write
+    state: DocState | None  # bookkeeping to record; None = nothing to record
 
 
 def plan_write(incoming: Incoming, current: DocState | None) -> WritePlan:
-    """Write new points first, then delete stale ones, then record the state.
+    """The write that brings a document from ``current`` to ``incoming``.
 
-    That order keeps every crash point safe: until the state is recorded, a replay of the
-    same event recomputes the same plan, and every step is idempotent.
+    Whatever the plan, the sink then sweeps the document's points that the recorded state
+    does not list, so earlier attempts that crashed before recording leave nothing behind.
     """
     if current is not None and incoming.version < current.version:
-        return WritePlan(Outcome.STALE, (), (), None)
+        return WritePlan(Outcome.STALE, Write.NOTHING, None)
     if incoming.op == "delete":
         return _plan_delete(incoming, current)
     state = DocState(incoming.version, incoming.content_hash, incoming.meta_hash, incoming.point_ids)
-    live = current if current is not None and not current.deleted else None
-    if live is not None and _same_content(live, state):
-        bumped = replace(live, version=incoming.version) if incoming.version > live.version else None
-        return WritePlan(Outcome.UNCHANGED, (), (), bumped)
-    kept = set(live.point_ids) if live is not None and live.meta_hash == state.meta_hash else set()
-    upsert = tuple(i for i, pid in enumerate(incoming.point_ids) if pid not in kept)
-    new_ids = set(incoming.point_ids)
-    delete = tuple(pid for pid in (live.point_ids if live else ()) if pid not in new_ids)
-    return WritePlan(Outcome.ADDED if live is None else Outcome.CHANGED, upsert, delete, state)
+    return _plan_upsert(state, current if current is not None and not current.deleted else None)
+
+
+def _plan_upsert(state: DocState, live: DocState | None) -> WritePlan:
+    if live is None:
+        return WritePlan(Outcome.ADDED, Write.POINTS, state)
+    if live.content_hash != state.content_hash or set(live.point_ids) != set(state.point_ids):
+        return WritePlan(Outcome.CHANGED, Write.POINTS, state)
+    if live.meta_hash != state.meta_hash:
+        return WritePlan(Outcome.CHANGED, Write.PAYLOAD, state)
+    if state.version > live.version:
+        return WritePlan(Outcome.UNCHANGED, Write.STATE, state)
+    return WritePlan(Outcome.UNCHANGED, Write.NOTHING, None)
 
 
 def _plan_delete(incoming: Incoming, current: DocState | None) -> WritePlan:
     tombstone = DocState(incoming.version, "", "", (), deleted=True)
-    if current is None or current.deleted:
-        # Still record the tombstone: an older upsert arriving later must lose to it.
-        unchanged = current is not None and current.version == incoming.version
-        return WritePlan(Outcome.UNCHANGED, (), (), None if unchanged else tombstone)
-    return WritePlan(Outcome.DELETED, (), current.point_ids, tombstone)
+    if current is not None and current.deleted:
+        same = current.version == incoming.version
+        return WritePlan(
+            Outcome.UNCHANGED, Write.NOTHING if same else Write.STATE, None if same else tombstone
+        )
+    # Record the tombstone even for a never-indexed document: an older upsert arriving
+    # later must lose to it.
+    outcome = Outcome.UNCHANGED if current is None else Outcome.DELETED
+    return WritePlan(outcome, Write.DELETE, tombstone)
 
 
-def _same_content(a: DocState, b: DocState) -> bool:
-    return (
-        a.content_hash == b.content_hash
-        and a.meta_hash == b.meta_hash
-        and set(a.point_ids) == set(b.point_ids)
-    )
+@dataclass(frozen=True)
+class BatchPlan:
+    """Per event, what happened (in order); per document, the one write to perform."""
+
+    outcomes: list[Outcome]
+    writes: dict[str, tuple[int, WritePlan]]  # doc key -> (index of its last event, plan)
+
+
+def plan_batch(events: Sequence[tuple[str, Incoming]], recorded: Mapping[str, DocState]) -> BatchPlan:
+    """Fold a batch: each event is judged against the documents as the batch left them
+    so far (the outcomes users see), but only each document's last accepted event is
+    written, against what is recorded: A→B→A in one batch writes nothing."""
+    running: dict[str, DocState | None] = dict(recorded)
+    outcomes: list[Outcome] = []
+    last: dict[str, int] = {}
+    for index, (key, incoming) in enumerate(events):
+        plan = plan_write(incoming, running.get(key))
+        outcomes.append(plan.outcome)
+        if plan.outcome is not Outcome.STALE:
+            last[key] = index
+            if plan.state is not None:
+                running[key] = plan.state
+    writes = {key: (i, plan_write(events[i][1], recorded.get(key))) for key, i in last.items()}
+    return BatchPlan(outcomes, writes)

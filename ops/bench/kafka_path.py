@@ -19,17 +19,11 @@ from pathlib import Path
 
 from pipeline.bus import Outgoing
 from pipeline.bus.kafka import KafkaBus
-from pipeline.cache import SqliteEmbeddingCache
-from pipeline.components import make_chunker, open_store
-from pipeline.daemons import group_id, topic_specs
-from pipeline.encoder import SentenceTransformerEncoder
+from pipeline.encoder import Encoder
 from pipeline.events import ChangeEvent
 from pipeline.observe import NullObserver
+from pipeline.runtime import Runtime
 from pipeline.settings import Settings
-from pipeline.stages.embed import EmbedStage
-from pipeline.stages.sink import SinkStage
-from pipeline.topics import Topics
-from pipeline.worker import Worker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,31 +56,30 @@ def start_broker(work: Path) -> object:
 
 
 class KafkaPath:
-    def __init__(self, settings: Settings, encoder: SentenceTransformerEncoder, bootstrap: str) -> None:
+    """The daemons' binding of the runtime, with the embed and sink workers as threads."""
+
+    def __init__(self, settings: Settings, encoder: Encoder, bootstrap: str) -> None:
         kafka = settings.kafka.model_copy(
-            update={"bootstrap": bootstrap, "topic_prefix": f"bench{uuid.uuid4().hex[:6]}", "partitions": 3}
-        )
-        self.settings = settings.model_copy(update={"kafka": kafka})
-        self.topics = Topics(kafka.topic_prefix)
-        self.bus = KafkaBus(kafka, client_id="embedstream-bench")
-        self.bus.ensure_topics(topic_specs(self.settings, 1))
-        self.recorder = Recorder()
-        self.stop = threading.Event()
-        self.store = open_store(self.settings)
-        cache = SqliteEmbeddingCache(self.settings.cache_path)
-        vectors = self.topics.vectors(self.settings.index.name, 1)
-        embed = EmbedStage(
-            encoder, cache, make_chunker(encoder, self.settings), self.settings.limits, vectors,
-            self.topics.dlq, self.recorder,
+            update={
+                "bootstrap": bootstrap, "topic_prefix": f"bench{uuid.uuid4().hex[:6]}", "partitions": 3,
+                "batch_max_records": 64,
+            }
         )  # fmt: skip
-        sink = SinkStage(self.store, self.settings.index, 1, self.topics.dlq, self.recorder)
-        wait = kafka.batch_max_wait_ms / 1000
-        self.workers = [
-            Worker(self.bus.consumer(group_id(self.settings, "embed", 1), [self.topics.changes]),
-                   self.bus.producer(), embed, self.recorder, max_records=64, poll_timeout_s=wait, stop=self.stop),
-            Worker(self.bus.consumer(group_id(self.settings, "sink", 1), [vectors]),
-                   self.bus.producer(), sink, self.recorder, max_records=64, poll_timeout_s=wait, stop=self.stop),
-        ]  # fmt: skip
+        self.settings = settings.model_copy(update={"kafka": kafka})
+        self.recorder = Recorder()
+        self.runtime = Runtime(self.settings, self.recorder, encoder=encoder)
+        self.topics = self.runtime.topics
+        self.bus = KafkaBus(
+            kafka, client_id="embedstream-bench", max_message_bytes=self.runtime.message_limit
+        )
+        self.bus.ensure_topics(self.runtime.topic_specs(1))
+        self.stop = threading.Event()
+        self.workers = []
+        for stage in (self.runtime.embed_stage(1), self.runtime.sink_stage(1)):
+            consumer = self.bus.consumer(
+                self.runtime.group_id(stage.name, 1), [self.runtime.input_topic(stage, 1)]
+            )
+            self.workers.append(self.runtime.worker(stage, consumer, self.bus.producer(), stop=self.stop))
         self.threads = [threading.Thread(target=w.run, daemon=True) for w in self.workers]
         for thread in self.threads:
             thread.start()
@@ -106,12 +99,12 @@ class KafkaPath:
         self.stop.set()
         for thread in self.threads:
             thread.join(30)
-        self.store.close()
+        self.runtime.close()
         self.bus.close()
 
 
 def measure(
-    settings: Settings, encoder: SentenceTransformerEncoder, backlog: list[ChangeEvent],
+    settings: Settings, encoder: Encoder, backlog: list[ChangeEvent],
     steady: list[ChangeEvent], bootstrap: str,
 ) -> dict[str, float]:  # fmt: skip
     """Backlog throughput (chunks/s) and freshness p50/p99 at half of that rate."""

@@ -79,7 +79,11 @@ class Bus(Protocol):
 
 def partition_for(key: str, partitions: int) -> int:
     """Stable partition choice for the in-process bus (Kafka uses its own murmur2)."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % partitions
+    # surrogateescape: a key that arrived as non-UTF-8 bytes still has a stable partition.
+    return (
+        int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[:4], "big")
+        % partitions
+    )
 
 
 def next_offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:

@@ -1,8 +1,12 @@
-"""Sink stage: vectors events in, the document's exact point set in Qdrant out.
+"""Sink stage: vectors events in, each document's exact point set in Qdrant out.
 
-For each document, :func:`pipeline.planner.plan_write` compares the event with the
-recorded :class:`DocState`; the stage nets the plans of a whole batch into one upsert, one
-delete and one state write (in that order), then flushes before the loop commits.
+:func:`pipeline.planner.plan_batch` decides per document what the batch changes. The
+stage then, for the whole batch: writes points (guarded, so an older version never
+overwrites a newer one), records the documents' states (guarded the same way), reads back
+which state won, and sweeps every point of each document that the winning state does not
+list. Sweeping by document key rather than by remembered ids is what makes any crash,
+followed by any later event, converge: points of an attempt that died before recording
+its state are found and removed too.
 """
 
 from __future__ import annotations
@@ -10,42 +14,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+
+import numpy as np
 
 from pipeline.bus import Outgoing, Record
-from pipeline.errors import InvalidVectors, PoisonError
+from pipeline.errors import InvalidVectors, PoisonError, StoreRejected
 from pipeline.events import VectorsEvent
 from pipeline.faults import crash_point
-from pipeline.index import DocStates, IndexVersion, create_version, read_version
+from pipeline.index import DocStates, IndexVersion, create_version, ensure_alias, read_version
 from pipeline.observe import Observer
-from pipeline.planner import DocState, Incoming, Outcome, metadata_hash, plan_write
+from pipeline.planner import DocState, Incoming, Outcome, Write, WritePlan, metadata_hash, plan_batch
 from pipeline.settings import IndexSettings
 from pipeline.stages import dead_letter
-from pipeline.store import PointWrite, VectorStore
+from pipeline.store import DOC_KEY, VERSION, PointWrite, Sweep, VectorStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _BatchWrites:
-    """Point writes of a batch, netted per id so the last decision for a point wins."""
-
-    points: dict[str, PointWrite | None] = field(default_factory=dict)
-    states: dict[str, DocState] = field(default_factory=dict)
-
-    def upsert(self, point: PointWrite) -> None:
-        self.points[point.id] = point
-
-    def delete(self, point_id: str) -> None:
-        self.points[point_id] = None
-
-    @property
-    def upserts(self) -> list[PointWrite]:
-        return [p for p in self.points.values() if p is not None]
-
-    @property
-    def deletes(self) -> list[str]:
-        return [i for i, p in self.points.items() if p is None]
 
 
 class SinkStage:
@@ -72,19 +55,35 @@ class SinkStage:
 
     def handle(self, records: Sequence[Record]) -> list[Outgoing]:
         out: list[Outgoing] = []
-        events: list[VectorsEvent] = []
+        accepted: list[tuple[Record, VectorsEvent]] = []
         for record in records:
             try:
                 event = VectorsEvent.from_bytes(record.value)
                 self._observer.event_in(self.name, event.op)
                 if self._accept(event):
-                    events.append(event)
+                    accepted.append((record, event))
             except PoisonError as error:
-                self._observer.dead_lettered(self.name, error.reason)
-                out.append(dead_letter(record, error, self.name, self._dlq_topic))
-        if events:
-            self._write(events)
+                out.append(self._dead_letter(record, error))
+        if accepted:
+            try:
+                self._write([e for _, e in accepted])
+            except StoreRejected:
+                out.extend(self._write_one_by_one(accepted))
         return out
+
+    def _write_one_by_one(self, accepted: Sequence[tuple[Record, VectorsEvent]]) -> list[Outgoing]:
+        """The store refused the batch: find the event(s) it refuses, dead-letter them, keep the rest."""
+        out: list[Outgoing] = []
+        for record, event in accepted:
+            try:
+                self._write([event])
+            except StoreRejected as error:
+                out.append(self._dead_letter(record, error))
+        return out
+
+    def _dead_letter(self, record: Record, error: PoisonError) -> Outgoing:
+        self._observer.dead_lettered(self.name, error.reason)
+        return dead_letter(record, error, self.name, self._dlq_topic)
 
     def _accept(self, event: VectorsEvent) -> bool:
         version = self._ensure_version(event)
@@ -92,70 +91,88 @@ class SinkStage:
             # A delete reaching an index that was never created: nothing to remove.
             self._observer.doc_outcome(Outcome.UNCHANGED)
             return False
-        if event.op == "upsert" and event.fingerprint != version.fingerprint:
-            held = version.fingerprint
-            msg = f"vectors from model {event.fingerprint}, but {version.collection} holds {held}"
-            raise InvalidVectors(msg)
-        if event.op == "upsert" and event.vectors.shape != (len(event.chunks), version.full_dims):
-            raise InvalidVectors(f"vectors of shape {event.vectors.shape}, expected (n, {version.full_dims})")
+        if event.op == "upsert":
+            _check_vectors(event, version)
         return True
 
     def _ensure_version(self, event: VectorsEvent) -> IndexVersion | None:
         if self._version is None:
             collection = f"{self._index.name}__v{self._version_number}"
-            self._version = read_version(self._store, collection)
-        if self._version is None:
-            if event.op != "upsert":
-                return None
-            # The vector dimension comes from the encoder's output, never configured twice.
-            self._version = IndexVersion.plan(
-                self._index, self._version_number, event.fingerprint, event.vectors.shape[1]
-            )
-            create_version(self._store, self._version)
-            if self._store.get_alias(self._index.name) is None:
-                self._store.set_alias(self._index.name, self._version.collection)
-            log.info("created index version %s", self._version.collection)
+            found = read_version(self._store, collection)
+            if found is None:
+                if event.op != "upsert" or not event.chunks:
+                    return None
+                # The vector dimension comes from the encoder's output, never configured twice.
+                found = IndexVersion.plan(
+                    self._index, self._version_number, event.fingerprint, event.vectors.shape[1]
+                )
+                create_version(self._store, found)
+                log.info("created index version %s", found.collection)
+            else:
+                ensure_alias(self._store, found)
+            self._version = found  # only once every creation step has succeeded
         return self._version
 
     def _write(self, events: Sequence[VectorsEvent]) -> None:
         version = self._version
-        assert version is not None  # set by _check for every accepted event
+        assert version is not None  # set by _accept for every accepted event
         doc_states = DocStates(self._store, version)
-        states = doc_states.get(list(dict.fromkeys(e.key for e in events)))
-        writes = _BatchWrites()
-        for event in events:
-            plan = plan_write(_incoming(event), states.get(event.key))
-            self._observer.doc_outcome(plan.outcome)
-            if plan.outcome is Outcome.STALE:
-                log.info(
-                    "ignored stale %s v%d (index has v%d)",
-                    event.key,
-                    event.version,
-                    states[event.key].version,
-                )
-                continue
-            if plan.upsert:
-                stored = version.to_storage(event.vectors[list(plan.upsert)])
-                for vector, ordinal in zip(stored, plan.upsert, strict=True):
-                    point = PointWrite(
-                        event.chunks[ordinal].point_id, vector.tolist(), _payload(event, ordinal)
-                    )
-                    writes.upsert(point)
-            for point_id in plan.delete:
-                writes.delete(point_id)
-            if plan.state is not None:
-                states[event.key] = writes.states[event.key] = plan.state
+        recorded = doc_states.get(list(dict.fromkeys(e.key for e in events)))
+        batch = plan_batch([(e.key, _incoming(e)) for e in events], recorded)
+        for event, outcome in zip(events, batch.outcomes, strict=True):
+            self._observer.doc_outcome(outcome)
+            if outcome is Outcome.STALE:
+                log.info("ignored stale %s v%d: the index reflects a newer version", event.key, event.version)
+        writes = {key: (events[i], plan) for key, (i, plan) in batch.writes.items()}
         started = time.perf_counter()
-        self._store.upsert(version.collection, writes.upserts)
+        points = [
+            p
+            for event, plan in writes.values()
+            if plan.write is Write.POINTS
+            for p in _points(event, version)
+        ]
+        self._store.upsert(version.collection, points, guarded=True)
         crash_point("sink.after_upsert")
-        self._store.delete(version.collection, writes.deletes)
+        for event, plan in writes.values():
+            if plan.write is Write.PAYLOAD:
+                self._store.set_payload(version.collection, _ids(event), _shared_payload(event))
+        doc_states.put({key: plan.state for key, (_, plan) in writes.items() if plan.state is not None})
+        crash_point("sink.after_state")
+        deleted = self._sweep(doc_states, version, writes)
         crash_point("sink.after_delete")
-        doc_states.put(writes.states)
         self._store.flush()
         crash_point("sink.after_flush")
-        self._observer.upserted(time.perf_counter() - started, len(writes.upserts), len(writes.deletes))
+        self._observer.upserted(time.perf_counter() - started, len(points), deleted)
         now = time.time()
         self._observer.freshness(self.name, [max(0.0, now - e.emitted_at) for e in events])
+
+    def _sweep(
+        self, doc_states: DocStates, version: IndexVersion, writes: dict[str, tuple[VectorsEvent, WritePlan]]
+    ) -> int:
+        """Remove every point of these documents that the *winning* recorded state does not
+        list: ours, or a newer one another sink recorded meanwhile (then our own points of
+        an older version go, and its points, stamped newer, are never touched)."""
+        winners = doc_states.get(list(writes))
+        sweeps = [_sweep_for(key, winners.get(key)) for key in writes]
+        return self._store.sweep(version.collection, [s for s in sweeps if s is not None])
+
+
+def _sweep_for(key: str, state: DocState | None) -> Sweep | None:
+    if state is None:
+        return None  # nothing recorded (a delete of a never-created document): nothing to sweep
+    return Sweep(key, state.version, frozenset(state.point_ids))
+
+
+def _check_vectors(event: VectorsEvent, version: IndexVersion) -> None:
+    if event.fingerprint != version.fingerprint:
+        held = version.fingerprint
+        raise InvalidVectors(f"vectors from model {event.fingerprint}, but {version.collection} holds {held}")
+    if event.vectors.shape != (len(event.chunks), version.full_dims):
+        raise InvalidVectors(
+            f"vectors of shape {event.vectors.shape}, expected ({len(event.chunks)}, {version.full_dims})"
+        )
+    if not np.isfinite(event.vectors).all():
+        raise InvalidVectors("vectors contain NaN or infinity")
 
 
 def _incoming(event: VectorsEvent) -> Incoming:
@@ -164,17 +181,31 @@ def _incoming(event: VectorsEvent) -> Incoming:
         version=event.version,
         content_hash=event.content_hash,
         meta_hash=metadata_hash(event.metadata),
-        point_ids=tuple(c.point_id for c in event.chunks),
+        point_ids=_ids(event),
     )
 
 
-def _payload(event: VectorsEvent, ordinal: int) -> dict[str, object]:
-    chunk = event.chunks[ordinal]
+def _ids(event: VectorsEvent) -> tuple[str, ...]:
+    return tuple(c.point_id for c in event.chunks)
+
+
+def _points(event: VectorsEvent, version: IndexVersion) -> list[PointWrite]:
+    stored = version.to_storage(event.vectors)
+    shared = _shared_payload(event)
+    return [
+        PointWrite(
+            chunk.point_id, vector.tolist(), {**shared, "chunk_hash": chunk.chunk_hash, "text": chunk.text}
+        )
+        for chunk, vector in zip(event.chunks, stored, strict=True)
+    ]
+
+
+def _shared_payload(event: VectorsEvent) -> dict[str, object]:
+    """The payload fields every chunk of a document shares (a metadata-only change sets these)."""
     return {
-        "doc_key": event.key,
+        DOC_KEY: event.key,
         "source": event.source,
         "doc_id": event.doc_id,
-        "chunk_hash": chunk.chunk_hash,
-        "text": chunk.text,
+        VERSION: event.version,
         "metadata": event.metadata,
     }

@@ -18,6 +18,25 @@ Scrolled = tuple[str, dict[str, Any]]  # a point's id and payload
 #: document version that wrote it. Guarded writes and sweeps are expressed over them.
 DOC_KEY = "doc_key"
 VERSION = "version"
+#: Qdrant compares payload numbers as float64, exact only below 2**53, while versions are
+#: up to 64-bit (mtime_ns, LSNs): adapters also store each version as two exact halves and
+#: compare those (see :func:`version_parts`).
+VERSION_HI = "version_hi"
+VERSION_LO = "version_lo"
+_LOW_BITS = 32
+
+
+def version_parts(version: int) -> tuple[int, int]:
+    """(high, low) 32-bit halves of a version: each is exact as a float64."""
+    return version >> _LOW_BITS, version & ((1 << _LOW_BITS) - 1)
+
+
+def with_version_parts(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` plus the halves of its version, for the adapters' exact comparisons."""
+    if VERSION not in payload:
+        return payload
+    high, low = version_parts(int(payload[VERSION]))
+    return {**payload, VERSION_HI: high, VERSION_LO: low}
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,9 @@ class VectorStore(Protocol):
 
     def retrieve(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Payloads of the ids that exist."""
+
+    def retrieve_vectors(self, name: str, ids: Sequence[str]) -> dict[str, list[float]]:
+        """Stored vectors (in the collection's datatype, as floats) of the ids that exist."""
 
     def search(self, name: str, vector: Sequence[float], options: SearchOptions) -> list[Hit]: ...
 

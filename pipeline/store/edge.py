@@ -21,6 +21,8 @@ from pipeline.errors import ConfigError, StoreLocked, StoreRejected, StoreUnavai
 from pipeline.store import (
     DOC_KEY,
     VERSION,
+    VERSION_HI,
+    VERSION_LO,
     CollectionSpec,
     Hit,
     PointWrite,
@@ -28,6 +30,8 @@ from pipeline.store import (
     Scrolled,
     SearchOptions,
     Sweep,
+    version_parts,
+    with_version_parts,
 )
 
 _DATATYPES = {"float32": qe.VectorStorageDatatype.Float32, "float16": qe.VectorStorageDatatype.Float16}
@@ -52,7 +56,8 @@ class EdgeStore:
         shard = self._shards[name] = _call(qe.EdgeShard.create, str(path), _config(spec))
         # Sweeps and guarded writes filter on these two fields: index them.
         _call(shard.update, qe.UpdateOperation.create_field_index(DOC_KEY, qe.PayloadSchemaType.Keyword))
-        _call(shard.update, qe.UpdateOperation.create_field_index(VERSION, qe.PayloadSchemaType.Integer))
+        for field in (VERSION_HI, VERSION_LO):
+            _call(shard.update, qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Integer))
         _call(shard.flush)
         (path / "spec.json").write_text(json.dumps(spec.__dict__))
 
@@ -64,14 +69,15 @@ class EdgeStore:
 
     def upsert(self, name: str, points: Sequence[PointWrite], *, guarded: bool = False) -> None:
         if points:
-            edge_points = [qe.Point(p.id, list(p.vector), p.payload) for p in points]
+            edge_points = [qe.Point(p.id, list(p.vector), with_version_parts(p.payload)) for p in points]
             condition = _guard(points) if guarded else None
             _call(self._shard(name).update, qe.UpdateOperation.upsert_points(edge_points, condition))
 
     def set_payload(self, name: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         if ids:
             selected = qe.Filter(must=[qe.HasIdCondition(set(ids)), _at_most(int(payload[VERSION]))])
-            _call(self._shard(name).update, qe.UpdateOperation.set_payload_by_filter(selected, payload))
+            update = qe.UpdateOperation.set_payload_by_filter(selected, with_version_parts(payload))
+            _call(self._shard(name).update, update)
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
@@ -92,6 +98,12 @@ class EdgeStore:
             return {}
         records = _call(self._shard(name).retrieve, list(ids), True, False)
         return {str(r.id): dict(r.payload or {}) for r in records}
+
+    def retrieve_vectors(self, name: str, ids: Sequence[str]) -> dict[str, list[float]]:
+        if not ids:
+            return {}
+        records = _call(self._shard(name).retrieve, list(ids), False, True)
+        return {str(r.id): list(r.vector) for r in records}
 
     def search(self, name: str, vector: Sequence[float], options: SearchOptions) -> list[Hit]:
         quantization = None
@@ -232,9 +244,21 @@ def _guard(points: Sequence[PointWrite]) -> qe.Filter:
 
 
 def _at_most(version: int) -> qe.Filter:
-    # Points written before versions were recorded carry none: treat them as oldest.
-    at_most = qe.FieldCondition(VERSION, range=qe.RangeFloat(lte=float(version)))
-    return qe.Filter(should=[at_most, qe.IsEmptyCondition(VERSION)])
+    """Stored version <= ``version``, compared exactly by halves; points written before
+    versions were recorded carry none and count as oldest."""
+    high, low = version_parts(version)
+    return qe.Filter(
+        should=[
+            qe.FieldCondition(VERSION_HI, range=qe.RangeFloat(lt=float(high))),
+            qe.Filter(
+                must=[
+                    qe.FieldCondition(VERSION_HI, match=qe.MatchValue(high)),
+                    qe.FieldCondition(VERSION_LO, range=qe.RangeFloat(lte=float(low))),
+                ]
+            ),
+            qe.IsEmptyCondition(VERSION_HI),
+        ]
+    )
 
 
 def _swept(sweep: Sweep) -> qe.Filter:

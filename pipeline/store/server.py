@@ -41,6 +41,8 @@ from pipeline.settings import StoreSettings
 from pipeline.store import (
     DOC_KEY,
     VERSION,
+    VERSION_HI,
+    VERSION_LO,
     CollectionSpec,
     Hit,
     PointWrite,
@@ -48,6 +50,8 @@ from pipeline.store import (
     Scrolled,
     SearchOptions,
     Sweep,
+    version_parts,
+    with_version_parts,
 )
 
 T = TypeVar("T")
@@ -126,7 +130,11 @@ class ServerStore:
         if self._call(self._client.collection_exists, name) or not self._create(name, spec):
             self._check_spec(name, spec)
         # Sweeps and guarded writes filter on these two fields: index them (idempotent).
-        indexed = ((DOC_KEY, qm.PayloadSchemaType.KEYWORD), (VERSION, qm.PayloadSchemaType.INTEGER))
+        indexed = (
+            (DOC_KEY, qm.PayloadSchemaType.KEYWORD),
+            (VERSION_HI, qm.PayloadSchemaType.INTEGER),
+            (VERSION_LO, qm.PayloadSchemaType.INTEGER),
+        )
         for field, schema in indexed:
             self._call(
                 self._client.create_payload_index, name, field_name=field, field_schema=schema, wait=True
@@ -163,7 +171,10 @@ class ServerStore:
 
     def upsert(self, name: str, points: Sequence[PointWrite], *, guarded: bool = False) -> None:
         for part in split_by_bytes(points, estimated_point_bytes, self._max_request_bytes):
-            structs = [qm.PointStruct(id=p.id, vector=list(p.vector), payload=p.payload) for p in part]
+            structs = [
+                qm.PointStruct(id=p.id, vector=list(p.vector), payload=with_version_parts(p.payload))
+                for p in part
+            ]
             condition = _guard(part) if guarded else None
             self._write(self._client.upsert, name, points=structs, update_filter=condition, wait=True)
 
@@ -171,7 +182,13 @@ class ServerStore:
         room = self._max_request_bytes - len(json.dumps(payload, default=str))
         for part in split_by_bytes(ids, _id_bytes, room):
             selected = qm.Filter(must=[qm.HasIdCondition(has_id=part), _at_most(int(payload[VERSION]))])
-            self._write(self._client.set_payload, name, payload=payload, points=selected, wait=True)
+            self._write(
+                self._client.set_payload,
+                name,
+                payload=with_version_parts(payload),
+                points=selected,
+                wait=True,
+            )
 
     def sweep(self, name: str, sweeps: Sequence[Sweep]) -> int:
         if not sweeps:
@@ -192,6 +209,15 @@ class ServerStore:
             return {}
         records = self._call(self._client.retrieve, name, ids=list(ids), with_payload=True)
         return {str(r.id): dict(r.payload or {}) for r in records}
+
+    def retrieve_vectors(self, name: str, ids: Sequence[str]) -> dict[str, list[float]]:
+        if not ids:
+            return {}
+        records = self._call(
+            self._client.retrieve, name, ids=list(ids), with_payload=False, with_vectors=True
+        )
+        # One unnamed dense vector per point: anything else is not a collection of ours.
+        return {str(r.id): [float(x) for x in r.vector] for r in records if isinstance(r.vector, list)}  # type: ignore[arg-type]
 
     def search(self, name: str, vector: Sequence[float], options: SearchOptions) -> list[Hit]:
         params = None
@@ -311,12 +337,20 @@ def _guard(points: Sequence[PointWrite]) -> qm.Filter:
 
 
 def _at_most(version: int) -> qm.Filter:
-    # Points written before versions were recorded carry none: treat them as oldest.
-    at_most: list[Any] = [
-        qm.FieldCondition(key=VERSION, range=qm.Range(lte=version)),
-        qm.IsEmptyCondition(is_empty=qm.PayloadField(key=VERSION)),
+    """Stored version <= ``version``, compared exactly by halves; points written before
+    versions were recorded carry none and count as oldest."""
+    high, low = version_parts(version)
+    clauses: list[Any] = [
+        qm.FieldCondition(key=VERSION_HI, range=qm.Range(lt=high)),
+        qm.Filter(
+            must=[
+                qm.FieldCondition(key=VERSION_HI, match=qm.MatchValue(value=high)),
+                qm.FieldCondition(key=VERSION_LO, range=qm.Range(lte=low)),
+            ]
+        ),
+        qm.IsEmptyCondition(is_empty=qm.PayloadField(key=VERSION_HI)),
     ]
-    return qm.Filter(should=at_most)
+    return qm.Filter(should=clauses)
 
 
 def _swept(sweep: Sweep) -> qm.Filter:

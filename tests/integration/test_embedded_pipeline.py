@@ -18,7 +18,7 @@ from pipeline.embedded import EmbeddedPipeline
 from pipeline.encoder import Encoder, SentenceTransformerEncoder
 from pipeline.events import ChangeEvent, Matrix
 from pipeline.index import live_version
-from pipeline.indexer import index_directory
+from pipeline.indexer import index_source
 from pipeline.settings import Settings
 from tests.groundtruth import actual_points, expected_points
 
@@ -92,8 +92,14 @@ def pipeline(settings: Settings) -> Iterator[tuple[EmbeddedPipeline, CountingEnc
     pipe.close()
 
 
-def run_index(pipe: EmbeddedPipeline, root: Path) -> dict[str, object]:
-    return index_directory(pipe, root, FilesystemSource(root, max_bytes=20_000)).as_json()
+def fs_source(pipe: EmbeddedPipeline, root: Path, name: str = "fs") -> FilesystemSource:
+    home = pipe.settings.state_dir / "indexes" / pipe.settings.index.name
+    checkpoint = home / "checkpoints" / f"{name}.json"
+    return FilesystemSource(root, checkpoint, name=name, max_bytes=20_000)
+
+
+def run_index(pipe: EmbeddedPipeline, root: Path, **options: bool) -> dict[str, object]:
+    return index_source(pipe, fs_source(pipe, root), **options).as_json()
 
 
 def assert_index_matches(pipe: EmbeddedPipeline, root: Path, encoder: Encoder) -> None:
@@ -118,7 +124,7 @@ def test_first_index_matches_ground_truth(pipeline, docs):
     """Every file's point set in Qdrant equals its chunks computed from the file."""
     pipe, encoder = pipeline
     summary = run_index(pipe, docs)
-    assert summary["docs"] == {"added": 3, "changed": 0, "unchanged": 0, "deleted": 0}
+    assert summary["docs"] == {"added": 3, "changed": 0, "unchanged": 0, "deleted": 0, "stale": 0}
     assert summary["chunks"]["encoded"] > 3
     assert_index_matches(pipe, docs, encoder)
 

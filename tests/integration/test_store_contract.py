@@ -307,3 +307,30 @@ def test_sinks_creating_one_collection_at_once_all_succeed(server_kind, store, t
         each.close()
     assert errors == []
     assert name("race") in store.collections()
+
+
+def test_versions_compare_exactly_at_nanosecond_scale(store, name):
+    """Guards and sweeps tell apart versions one apart near 2**61 (mtime_ns, LSNs), which a
+    float64 comparison would confuse."""
+    c = name("c")
+    base = 1_795_947_537_573_830_735  # an mtime_ns: float64 cannot tell it from base + 1
+    store.create_collection(c, CollectionSpec(8))
+    store.upsert(c, versioned("a", base, range(2)))
+    store.upsert(c, versioned("a", base - 1, range(2)), guarded=True)
+    assert {p["version"] for p in store.retrieve(c, store.scroll_ids(c)).values()} == {base}
+    store.upsert(c, versioned("a", base + 1, range(1)), guarded=True)
+    assert store.sweep(c, [Sweep("a", base - 1)]) == 0
+    assert store.sweep(c, [Sweep("a", base)]) == 1
+    assert [p["version"] for _, p in store.scroll(c)] == [base + 1]
+
+
+def test_stored_vectors_read_back_close_to_what_was_written(store, name):
+    """retrieve_vectors returns each stored vector (float16 storage within its precision)."""
+    c = name("c")
+    store.create_collection(c, CollectionSpec(8, "float16"))
+    written = points(3)
+    store.upsert(c, written)
+    found = store.retrieve_vectors(c, [p.id for p in written] + [str(uuid.uuid4())])
+    assert set(found) == {p.id for p in written}
+    for point in written:
+        assert np.allclose(found[point.id], point.vector, atol=1e-3)

@@ -23,7 +23,7 @@ from pipeline.stages.embed import EmbedStage
 
 CHANGES, VECTORS, DLQ = "es.changes", "es.vectors.docs-v1", "es.dlq"
 DIMS = 8
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+_TOKEN = re.compile(r"\w+|[^\w\s\u200b]")  # like BERT, zero-width spaces are no token
 
 
 class RegexTokenizer:
@@ -88,8 +88,11 @@ class Harness:
     def make_stage(self, encoder: FakeEncoder) -> EmbedStage:
         return EmbedStage(_conforms(encoder), self.cache, self.chunker, self.limits, VECTORS, DLQ, self.stats)
 
-    def record(self, value: bytes | None, key: str = "fs/x") -> Record:
+    def record(self, value: bytes | None, key: str | None = None) -> Record:
+        """A changes-topic record, keyed by its document (as every producer keys it)."""
         self.offset += 1
+        if key is None:
+            key = ChangeEvent.from_bytes(value).key if value is not None else "fs/x"
         return Record(CHANGES, 3, self.offset, key, value)
 
 
@@ -145,7 +148,8 @@ def test_happy_path_emits_full_chunk_set_with_fake_vectors(h: Harness) -> None:
 
 
 def test_poison_records_go_to_dlq_with_headers_and_valid_ones_still_emit(h: Harness) -> None:
-    """Invalid JSON, oversized and empty docs are dead-lettered with context; valid neighbours still emit."""
+    """Invalid JSON, oversized and empty docs are dead-lettered with context (and the parsed ones
+    deleted from the index); valid neighbours still emit."""
     h.limits = LimitsSettings(max_doc_bytes=500)
     h.stage = h.make_stage(h.encoder)
     bad_json = h.record(b"{this is not json", key="fs/bad")
@@ -175,7 +179,10 @@ def test_poison_records_go_to_dlq_with_headers_and_valid_ones_still_emit(h: Harn
         assert headers["error.message"]
         assert message.value == record.value
     emitted = vectors_out(out)
-    assert [e.key for e in emitted] == ["fs/one.md", "fs/two.md", "fs/gone.md"]
+    assert [(e.key, e.op) for e in emitted] == [
+        ("fs/one.md", "upsert"), ("fs/big.md", "delete"), ("fs/two.md", "upsert"),
+        ("fs/empty.md", "delete"), ("fs/gone.md", "delete"),
+    ]  # fmt: skip
     assert h.stats.dead == {"invalid_event": 1, "too_large": 1, "empty_text": 1}
 
 
@@ -183,8 +190,9 @@ def test_too_many_chunks_is_dead_lettered(tmp_path: Path) -> None:
     """A document with more chunks than limits.max_chunks_per_doc goes to the DLQ as too_large."""
     h = Harness(tmp_path, max_chunks_per_doc=2)
     text = "\n\n".join(para(t, 30) for t in "abcdef")
-    out = h.stage.handle([h.record(upsert("many.md", text))])
-    assert vectors_out(out) == []
+    out = h.stage.handle([h.record(upsert("many.md", text, version=4))])
+    (removal,) = vectors_out(out)
+    assert (removal.key, removal.op, removal.version) == ("fs/many.md", "delete", 4)
     (letter,) = dead(out)
     assert dict(letter.headers)["error.reason"] == b"too_large"
     assert h.encoder.calls == 0
@@ -274,7 +282,11 @@ def test_nan_vector_dead_letters_only_its_document(h: Harness) -> None:
         h.record(upsert("c.md", para("fine")), key="fs/c.md"),
     ]
     out = h.stage.handle(records)
-    assert [e.key for e in vectors_out(out)] == ["fs/a.md", "fs/c.md"]
+    assert [(e.key, e.op) for e in vectors_out(out)] == [
+        ("fs/a.md", "upsert"),
+        ("fs/b.md", "delete"),
+        ("fs/c.md", "upsert"),
+    ]
     (letter,) = dead(out)
     assert letter.key == "fs/b.md"
     assert dict(letter.headers)["error.reason"] == b"invalid_vectors"
@@ -310,3 +322,76 @@ def test_vectors_event_header_is_json_readable(h: Harness) -> None:
     size = int.from_bytes(payload[4:8], "little")
     header = json.loads(payload[8 : 8 + size])
     assert (header["source"], header["doc_id"], header["dtype"]) == ("fs", "a.md", "float32")
+
+
+def test_a_key_that_is_not_utf8_is_dead_lettered_with_its_bytes(h: Harness) -> None:
+    """A record key that is not UTF-8 (decoded with surrogateescape) is poison, not a crash."""
+    key = b"fs/\xff\xfe".decode("utf-8", "surrogateescape")
+    out = h.stage.handle([h.record(upsert("a.md", para("a")), key=key), h.record(upsert("b.md", para("b")))])
+    (letter,) = dead(out)
+    assert letter.key == key
+    assert dict(letter.headers)["error.reason"] == b"invalid_event"
+    assert [e.key for e in vectors_out(out)] == ["fs/b.md"]
+
+
+def test_a_record_keyed_by_another_document_is_dead_lettered(h: Harness) -> None:
+    """Per-document order holds only for records keyed by their document: others are poison."""
+    out = h.stage.handle([h.record(upsert("a.md", para("a")), key="fs/b.md")])
+    (letter,) = dead(out)
+    assert b"not the event's source/doc_id" in dict(letter.headers)["error.message"]
+    assert vectors_out(out) == []
+
+
+def test_a_document_with_no_readable_words_is_poison_and_removed(h: Harness) -> None:
+    """Text that normalizes to something but tokenizes to nothing (zero-width spaces) is dead-lettered
+    as empty and deleted, never sent to the sink as a zero-dimension document."""
+    out = h.stage.handle([h.record(upsert("zw.md", "\u200b\u200b\u200b", version=3))])
+    (letter,) = dead(out)
+    assert dict(letter.headers)["error.reason"] == b"empty_text"
+    (removal,) = vectors_out(out)
+    assert (removal.op, removal.version, removal.chunks) == ("delete", 3, ())
+
+
+def test_a_dead_letter_carries_a_bounded_prefix_of_a_huge_record(h: Harness) -> None:
+    """A 3 MB poison value and a 5 KB key become a dead letter of at most 64 KiB, marked truncated."""
+    from pipeline.stages import DLQ_KEY_CHARS, DLQ_VALUE_BYTES
+
+    value = b"{" + b"x" * 3_000_000
+    out = h.stage.handle([h.record(value, key="fs/" + "k" * 5000)])
+    (letter,) = dead(out)
+    headers = dict(letter.headers)
+    assert letter.value == value[:DLQ_VALUE_BYTES]
+    assert len(letter.key) == DLQ_KEY_CHARS
+    assert headers["original.truncated"] == b"true"
+    assert headers["original.bytes"] == str(len(value)).encode()
+
+
+class FailingEncoder(FakeEncoder):
+    """Encodes ``good_calls`` slices, then dies as a killed process would."""
+
+    def __init__(self, good_calls: int) -> None:
+        super().__init__()
+        self.good_calls = good_calls
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:  # type: ignore[type-arg]
+        if self.calls >= self.good_calls:
+            raise KeyboardInterrupt
+        return super().encode_documents(texts)
+
+
+def test_encoding_is_cached_slice_by_slice_so_a_crash_keeps_finished_work(tmp_path: Path) -> None:
+    """A batch is encoded in bounded slices and each slice is cached at once: dying in the second
+    slice keeps the first slice's vectors, and the retry encodes only the rest."""
+    dying = FailingEncoder(good_calls=1)
+    h = Harness(tmp_path, encoder=dying)
+    h.stage = EmbedStage(dying, h.cache, h.chunker, h.limits, VECTORS, DLQ, h.stats, encode_slice_tokens=64)
+    records = [h.record(upsert(f"d{i}.md", para(f"doc{i}", 25))) for i in range(6)]
+    with pytest.raises(KeyboardInterrupt):
+        h.stage.handle(records)
+    kept = h.cache.count(dying.fingerprint)
+    assert 0 < kept == len(dying.encoded)
+    retry = FakeEncoder()
+    out = EmbedStage(retry, h.cache, h.chunker, h.limits, VECTORS, DLQ, h.stats).handle(records)
+    assert len(vectors_out(out)) == 6
+    assert set(retry.encoded).isdisjoint(dying.encoded)
+    h.cache.close()

@@ -11,17 +11,15 @@ from typing import Any
 import pytest
 
 from connectors.filesystem import (
-    Change,
     Checkpoint,
     FileState,
     FilesystemSource,
-    ScanReport,
-    checkpoint_path,
     html_to_text,
     title_of,
 )
 from pipeline.errors import ConfigError
 from pipeline.hashing import content_hash
+from pipeline.sources import Change, PassReport
 
 BASE_NS = 1_700_000_000_000_000_000
 
@@ -38,16 +36,17 @@ def write(root: Path, relpath: str, body: str | bytes, mtime_ns: int = BASE_NS) 
     return path
 
 
-def scan(
-    source: FilesystemSource, checkpoint: Checkpoint | None = None
-) -> tuple[list[Change], ScanReport, Checkpoint]:
-    """Run a full scan and apply every change, as the runner would after indexing."""
-    checkpoint = checkpoint if checkpoint is not None else Checkpoint()
-    report = ScanReport()
-    changes = list(source.scan(checkpoint, report))
-    for change in changes:
-        checkpoint.apply(change)
-    return changes, report, checkpoint
+def fs(root: Path, **options: Any) -> FilesystemSource:
+    """A source over ``root`` whose checkpoint lives beside it (a new one reloads it)."""
+    return FilesystemSource(root, root.parent / f"{root.name}.checkpoint.json", **options)
+
+
+def scan(source: FilesystemSource, _previous: object = None) -> tuple[list[Change], PassReport, Checkpoint]:
+    """Run a full pass and commit every change, as the runner would after indexing."""
+    report = PassReport()
+    changes = list(source.changes(report))
+    source.commit(changes)
+    return changes, report, source.checkpoint
 
 
 def doc_ids(changes: Sequence[Change]) -> list[str]:
@@ -59,7 +58,7 @@ def test_first_scan_emits_upserts_with_relative_ids_versions_and_metadata(tmp_pa
     write(tmp_path, "guides/setup.md", "# Setup Guide\n\nInstall it.\n", BASE_NS + 5)
     write(tmp_path, "notes.txt", "just notes\n", BASE_NS + 7)
 
-    changes, report, _ = scan(FilesystemSource(tmp_path))
+    changes, report, _ = scan(fs(tmp_path))
 
     events = [c.event for c in changes]
     assert [e.doc_id for e in events if e] == ["guides/setup.md", "notes.txt"]
@@ -74,7 +73,7 @@ def test_first_scan_emits_upserts_with_relative_ids_versions_and_metadata(tmp_pa
     assert setup.metadata == {"path": "guides/setup.md", "title": "Setup Guide", "ext": ".md", "bytes": size}
     assert events[1] is not None
     assert events[1].metadata["title"] == "notes"  # no heading: the file stem
-    assert changes[0].state == FileState(BASE_NS + 5, size, setup.content_hash)
+    assert changes[0].state == FileState(BASE_NS + 5, size, setup.content_hash, BASE_NS + 5)
     assert report.unchanged == 0
     assert not report.skipped
 
@@ -82,7 +81,7 @@ def test_first_scan_emits_upserts_with_relative_ids_versions_and_metadata(tmp_pa
 def test_custom_source_name_is_used(tmp_path: Path) -> None:
     """The ``source`` argument names every event, so two roots can share one index."""
     write(tmp_path, "a.md", "alpha")
-    changes, _, _ = scan(FilesystemSource(tmp_path, source="wiki"))
+    changes, _, _ = scan(fs(tmp_path, name="wiki"))
     assert changes[0].event is not None
     assert changes[0].event.source == "wiki"
 
@@ -92,11 +91,9 @@ def test_rescan_with_saved_checkpoint_emits_nothing(tmp_path: Path) -> None:
     root = tmp_path / "docs"
     write(root, "a.md", "alpha")
     write(root, "b/c.rst", "Title\n=====\n\nbody")
-    _, _, checkpoint = scan(FilesystemSource(root))
-    saved = tmp_path / "cp.json"
-    checkpoint.save(saved)
+    scan(fs(root))
 
-    changes, report, _ = scan(FilesystemSource(root), Checkpoint.load(saved))
+    changes, report, _ = scan(fs(root))
 
     assert changes == []
     assert report.unchanged == 2
@@ -105,10 +102,11 @@ def test_rescan_with_saved_checkpoint_emits_nothing(tmp_path: Path) -> None:
 def test_unchanged_stat_means_file_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Files whose (mtime_ns, size) match the checkpoint are never opened."""
     write(tmp_path, "a.md", "alpha")
-    _, _, checkpoint = scan(FilesystemSource(tmp_path))
+    source = fs(tmp_path)
+    scan(source)
     opened = record_opens(monkeypatch)
 
-    scan(FilesystemSource(tmp_path), checkpoint)
+    scan(source)
 
     assert opened == []
 
@@ -117,10 +115,10 @@ def test_edit_emits_one_upsert(tmp_path: Path) -> None:
     """Editing one file emits exactly one upsert carrying the new text, hash and mtime."""
     write(tmp_path, "a.md", "alpha")
     write(tmp_path, "b.md", "beta")
-    _, _, checkpoint = scan(FilesystemSource(tmp_path))
+    _, _, checkpoint = scan(fs(tmp_path))
     write(tmp_path, "a.md", "alpha, edited", BASE_NS + 10)
 
-    changes, report, checkpoint = scan(FilesystemSource(tmp_path), checkpoint)
+    changes, report, checkpoint = scan(fs(tmp_path), checkpoint)
 
     assert len(changes) == 1
     event = changes[0].event
@@ -143,36 +141,36 @@ def test_delete_emits_delete_newer_than_last_mtime(tmp_path: Path) -> None:
     future = BASE_NS * 2  # far in the future: the version must still be greater
     write(tmp_path, "a.md", "alpha", future)
     write(tmp_path, "b.md", "beta")
-    _, _, checkpoint = scan(FilesystemSource(tmp_path))
+    _, _, checkpoint = scan(fs(tmp_path))
     (tmp_path / "a.md").unlink()
 
-    changes, _, checkpoint = scan(FilesystemSource(tmp_path), checkpoint)
+    changes, _, checkpoint = scan(fs(tmp_path), checkpoint)
 
     assert len(changes) == 1
     change = changes[0]
     assert change.event is not None
     assert (change.event.doc_id, change.event.op, change.event.text) == ("a.md", "delete", None)
     assert change.event.version > future
-    assert change.state is None
-    assert checkpoint.paths() == {"b.md"}
+    assert change.state == FileState.tombstone(change.event.version)
+    assert checkpoint.live() == {"b.md"}
 
 
 def test_touch_without_edit_updates_checkpoint_only(tmp_path: Path) -> None:
     """A new mtime with identical content emits no event but teaches the checkpoint the mtime."""
     write(tmp_path, "a.md", "alpha")
-    _, _, checkpoint = scan(FilesystemSource(tmp_path))
+    _, _, checkpoint = scan(fs(tmp_path))
     write(tmp_path, "a.md", "alpha", BASE_NS + 99)
 
-    changes, report, checkpoint = scan(FilesystemSource(tmp_path), checkpoint)
+    changes, report, checkpoint = scan(fs(tmp_path), checkpoint)
 
     assert len(changes) == 1
     assert changes[0].event is None
-    assert changes[0].state == FileState(BASE_NS + 99, 5, content_hash("alpha"))
+    assert changes[0].state == FileState(BASE_NS + 99, 5, content_hash("alpha"), BASE_NS)
     assert report.unchanged == 1
     state = checkpoint.get("a.md")
     assert state is not None
     assert state.mtime_ns == BASE_NS + 99
-    again, report, _ = scan(FilesystemSource(tmp_path), checkpoint)
+    again, report, _ = scan(fs(tmp_path), checkpoint)
     assert again == []
     assert report.unchanged == 1
 
@@ -180,8 +178,8 @@ def test_touch_without_edit_updates_checkpoint_only(tmp_path: Path) -> None:
 def test_binary_file_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A NUL byte in the first 8 KiB marks a file binary: skipped, counted and logged."""
     write(tmp_path, "blob.txt", b"PK\x03\x04\x00\x00binary")
-    with caplog.at_level(logging.INFO, logger="connectors.filesystem"):
-        changes, report, _ = scan(FilesystemSource(tmp_path))
+    with caplog.at_level(logging.INFO):
+        changes, report, _ = scan(fs(tmp_path))
     assert changes == []
     assert report.skipped == {"binary": 1}
     assert any("blob.txt" in r.getMessage() and "binary" in r.getMessage() for r in caplog.records)
@@ -190,7 +188,7 @@ def test_binary_file_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture
 def test_invalid_utf8_is_skipped(tmp_path: Path) -> None:
     """Text that is not strict UTF-8 is skipped as undecodable rather than indexed as mojibake."""
     write(tmp_path, "latin1.txt", "caf\u00e9 cr\u00e8me".encode("latin-1"))
-    changes, report, _ = scan(FilesystemSource(tmp_path))
+    changes, report, _ = scan(fs(tmp_path))
     assert changes == []
     assert report.skipped == {"undecodable": 1}
 
@@ -198,7 +196,7 @@ def test_invalid_utf8_is_skipped(tmp_path: Path) -> None:
 def test_utf8_bom_is_accepted_and_stripped(tmp_path: Path) -> None:
     """A UTF-8 byte-order mark does not make a file undecodable nor leak into the text."""
     write(tmp_path, "bom.md", b"\xef\xbb\xbf# Hello\n\nworld")
-    changes, _, _ = scan(FilesystemSource(tmp_path))
+    changes, _, _ = scan(fs(tmp_path))
     event = changes[0].event
     assert event is not None
     assert event.text == "# Hello\n\nworld"
@@ -222,28 +220,40 @@ def test_oversized_file_is_skipped_without_reading(tmp_path: Path, monkeypatch: 
     """A file over max_bytes is skipped as too_large from its size alone; it is never opened."""
     write(tmp_path, "big.txt", "x" * 200)
     write(tmp_path, "small.txt", "x" * 10)
+    source = fs(tmp_path, max_bytes=100)
     opened = record_opens(monkeypatch)
 
-    changes, report, _ = scan(FilesystemSource(tmp_path, max_bytes=100))
+    changes, report, _ = scan(source)
 
     assert doc_ids(changes) == ["small.txt"]
     assert report.skipped == {"too_large": 1}
     assert opened == ["small.txt"]
 
 
-def test_known_file_that_becomes_unindexable_is_kept(tmp_path: Path) -> None:
-    """A known file that turns binary or too large is reported but not deleted from the index."""
+def test_known_file_that_becomes_unindexable_is_deleted_and_retried(tmp_path: Path) -> None:
+    """A known file that turns binary or too large is reported and deleted from the index (its
+    old text must not stay searchable); it is read again every pass and returns once indexable."""
     write(tmp_path, "a.txt", "alpha")
     write(tmp_path, "b.txt", "beta")
-    _, _, checkpoint = scan(FilesystemSource(tmp_path, max_bytes=100))
+    scan(fs(tmp_path, max_bytes=100))
     write(tmp_path, "a.txt", b"\x00\x01", BASE_NS + 1)
     write(tmp_path, "b.txt", "y" * 500, BASE_NS + 1)
 
-    changes, report, checkpoint = scan(FilesystemSource(tmp_path, max_bytes=100), checkpoint)
+    changes, report, checkpoint = scan(fs(tmp_path, max_bytes=100))
 
-    assert changes == []
+    assert [(c.doc_id, c.event.op if c.event else None) for c in changes] == [
+        ("a.txt", "delete"),
+        ("b.txt", "delete"),
+    ]
     assert report.skipped == {"binary": 1, "too_large": 1}
-    assert checkpoint.paths() == {"a.txt", "b.txt"}
+    assert checkpoint.live() == set()
+    again, report, _ = scan(fs(tmp_path, max_bytes=100))
+    assert again == []
+    assert report.skipped == {"binary": 1, "too_large": 1}
+    raised, _, _ = scan(fs(tmp_path, max_bytes=1000))
+    assert doc_ids(raised) == ["b.txt"]
+    assert raised[0].event is not None
+    assert raised[0].event.version > changes[1].event.version  # type: ignore[union-attr]
 
 
 def test_hidden_files_and_folders_are_excluded(tmp_path: Path) -> None:
@@ -255,21 +265,21 @@ def test_hidden_files_and_folders_are_excluded(tmp_path: Path) -> None:
     write(tmp_path, ".top.md", "hidden")
     write(tmp_path, "docs/visible.md", "visible")
 
-    changes, report, _ = scan(FilesystemSource(tmp_path))
+    changes, report, _ = scan(fs(tmp_path))
 
     assert doc_ids(changes) == ["docs/visible.md"]
     assert not report.skipped
 
 
-def test_default_include_ignores_other_extensions(tmp_path: Path) -> None:
-    """Only the text extensions are indexed by default; code and images are ignored silently."""
+def test_default_include_counts_other_extensions_as_unsupported(tmp_path: Path) -> None:
+    """Only the text extensions are indexed by default; code and images are counted as unsupported."""
     for name in ("a.txt", "b.md", "c.markdown", "d.rst", "e.html", "f.htm", "g.text", "h.py", "i.png"):
         write(tmp_path, f"sub/{name}", "<p>content</p>")
-    changes, report, _ = scan(FilesystemSource(tmp_path))
+    changes, report, _ = scan(fs(tmp_path))
     assert [Path(d).suffix for d in doc_ids(changes)] == [
         ".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".text"
     ]  # fmt: skip
-    assert not report.skipped
+    assert report.skipped == {"unsupported": 2}
 
 
 def test_include_and_exclude_globs(tmp_path: Path) -> None:
@@ -281,8 +291,8 @@ def test_include_and_exclude_globs(tmp_path: Path) -> None:
     write(tmp_path, "build/out.md", "o")
     write(tmp_path, "notes.txt", "n")
 
-    everything_md = FilesystemSource(tmp_path, include=["**/*.md"], exclude=["build/**", "**/skip.md"])
-    one_level = FilesystemSource(tmp_path, include=["docs/*.md"], exclude=[])
+    everything_md = fs(tmp_path, include=["**/*.md"], exclude=["build/**", "**/skip.md"])
+    one_level = fs(tmp_path, include=["docs/*.md"], exclude=[])
 
     assert doc_ids(scan(everything_md)[0]) == ["docs/a.md", "docs/deep/b.md", "top.md"]
     assert doc_ids(scan(one_level)[0]) == ["docs/a.md"]
@@ -292,12 +302,12 @@ def test_newly_excluded_file_is_deleted(tmp_path: Path) -> None:
     """A known file that an exclude now covers is deleted from the index."""
     write(tmp_path, "keep.md", "k")
     write(tmp_path, "drop/old.md", "o")
-    _, _, checkpoint = scan(FilesystemSource(tmp_path))
+    scan(fs(tmp_path))
 
-    changes, _, checkpoint = scan(FilesystemSource(tmp_path, exclude=["drop/**"]), checkpoint)
+    changes, _, checkpoint = scan(fs(tmp_path, exclude=["drop/**"]))
 
-    assert [(c.relpath, c.event.op if c.event else None) for c in changes] == [("drop/old.md", "delete")]
-    assert checkpoint.paths() == {"keep.md"}
+    assert [(c.doc_id, c.event.op if c.event else None) for c in changes] == [("drop/old.md", "delete")]
+    assert checkpoint.live() == {"keep.md"}
 
 
 def test_html_is_converted_to_text_with_title_and_no_script(tmp_path: Path) -> None:
@@ -309,7 +319,7 @@ def test_html_is_converted_to_text_with_title_and_no_script(tmp_path: Path) -> N
     )
     write(tmp_path, "site/index.html", page)
 
-    changes, _, _ = scan(FilesystemSource(tmp_path))
+    changes, _, _ = scan(fs(tmp_path))
 
     event = changes[0].event
     assert event is not None
@@ -344,49 +354,44 @@ def test_title_of_markdown_rst_and_plain_text() -> None:
 def test_file_emptied_after_indexing_is_deleted(tmp_path: Path) -> None:
     """A known file whose text normalizes to nothing is deleted; an unknown empty one is skipped."""
     write(tmp_path, "a.md", "alpha")
-    _, _, checkpoint = scan(FilesystemSource(tmp_path))
+    _, _, checkpoint = scan(fs(tmp_path))
     write(tmp_path, "a.md", "  \n\n\t\n", BASE_NS + 3)
     write(tmp_path, "blank.md", "")
 
-    changes, report, checkpoint = scan(FilesystemSource(tmp_path), checkpoint)
+    changes, report, checkpoint = scan(fs(tmp_path), checkpoint)
 
     assert len(changes) == 1
     event = changes[0].event
     assert event is not None
     assert (event.doc_id, event.op) == ("a.md", "delete")
     assert event.version > BASE_NS
-    assert report.skipped == {"empty": 1}
-    assert checkpoint.paths() == set()
+    assert report.skipped == {"empty": 2}
+    assert checkpoint.live() == set()
 
 
 def test_checkpoint_save_load_round_trip(tmp_path: Path) -> None:
     """A saved checkpoint loads back identical and leaves no temporary file behind."""
-    checkpoint = Checkpoint()
-    checkpoint.set("a.md", FileState(1, 2, "h1"))
-    checkpoint.set("dir/é.md", FileState(3, 4, "h2"))
-    checkpoint.set("gone.md", FileState(5, 6, "h3"))
-    checkpoint.remove("gone.md")
-    path = checkpoint_path(tmp_path / "state", "fs", tmp_path / "docs")
+    states = {
+        "a.md": FileState(1, 2, "h1", 1),
+        "dir/é.md": FileState(3, 4, "h2", 7, racy=True),
+        "gone.md": FileState.tombstone(9),
+    }
+    checkpoint = Checkpoint(states)
+    path = tmp_path / "state" / "checkpoints" / "fs.json"
 
     checkpoint.save(path)
     loaded = Checkpoint.load(path)
 
-    assert loaded.paths() == {"a.md", "dir/é.md"}
-    assert loaded.get("a.md") == FileState(1, 2, "h1")
-    assert loaded.get("dir/é.md") == FileState(3, 4, "h2")
-    assert loaded.get("gone.md") is None
+    assert loaded.live() == {"a.md", "dir/é.md"}
+    assert {rel: loaded.get(rel) for rel in states} == states
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
-def test_checkpoint_path_is_per_source_and_root(tmp_path: Path) -> None:
-    """Checkpoint files are named by source and resolved root, so they never collide."""
-    path = checkpoint_path(tmp_path, "fs", tmp_path / "docs")
-    assert path.parent == tmp_path / "checkpoints"
-    assert path.name.startswith("fs-")
-    assert len(path.name) == len("fs-") + 12 + len(".json")
-    assert checkpoint_path(tmp_path, "fs", tmp_path / "docs" / ".." / "docs") == path
-    assert checkpoint_path(tmp_path, "fs", tmp_path / "other") != path
-    assert checkpoint_path(tmp_path, "wiki", tmp_path / "docs") != path
+def test_checkpoint_of_the_previous_format_loads_with_mtime_versions(tmp_path: Path) -> None:
+    """A format-1 checkpoint (no versions) loads, each file's version being its mtime."""
+    path = tmp_path / "cp.json"
+    path.write_text('{"format": 1, "files": {"a.md": {"mtime_ns": 5, "size": 2, "content_hash": "h"}}}')
+    assert Checkpoint.load(path).get("a.md") == FileState(5, 2, "h", 5)
 
 
 @pytest.mark.parametrize("body", ["{not json", '{"format": 1, "files": {"a.md": {"size": 1}}}', "[]", '"x"'])
@@ -396,28 +401,28 @@ def test_corrupt_checkpoint_loads_empty(tmp_path: Path, body: str, caplog: pytes
     path.write_text(body, encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="connectors.filesystem"):
         loaded = Checkpoint.load(path)
-    assert len(loaded) == 0
+    assert loaded.live() == set()
     assert any(r.levelno == logging.WARNING for r in caplog.records)
 
 
 def test_missing_checkpoint_loads_empty(tmp_path: Path) -> None:
     """A missing checkpoint is simply a first run."""
-    assert Checkpoint.load(tmp_path / "nope.json").paths() == set()
+    assert Checkpoint.load(tmp_path / "nope.json").live() == set()
 
 
 def test_scan_order_is_deterministic(tmp_path: Path) -> None:
     """Files are emitted in sorted relpath order, then deletes in sorted order, every time."""
     for relpath in ("z.md", "a/b/c.md", "a.md", "m/n.md", "a/a.md"):
         write(tmp_path, relpath, relpath)
-    first, _, checkpoint = scan(FilesystemSource(tmp_path))
+    first, _, _ = scan(fs(tmp_path))
     for relpath in ("z.md", "a/a.md"):
         (tmp_path / relpath).unlink()
     write(tmp_path, "b.md", "new")
 
-    second, _, _ = scan(FilesystemSource(tmp_path), checkpoint)
+    second, _, _ = scan(fs(tmp_path))
 
-    assert [c.relpath for c in first] == ["a.md", "a/a.md", "a/b/c.md", "m/n.md", "z.md"]
-    assert [(c.relpath, c.event.op if c.event else None) for c in second] == [
+    assert [c.doc_id for c in first] == ["a.md", "a/a.md", "a/b/c.md", "m/n.md", "z.md"]
+    assert [(c.doc_id, c.event.op if c.event else None) for c in second] == [
         ("b.md", "upsert"),
         ("a/a.md", "delete"),
         ("z.md", "delete"),
@@ -430,7 +435,7 @@ def test_file_symlinks_followed_directory_symlinks_not(tmp_path: Path) -> None:
     (tmp_path / "alias.md").symlink_to(tmp_path / "real/doc.md")
     (tmp_path / "real/loop").symlink_to(tmp_path, target_is_directory=True)
 
-    changes, _, _ = scan(FilesystemSource(tmp_path))
+    changes, _, _ = scan(fs(tmp_path))
 
     assert doc_ids(changes) == ["alias.md", "real/doc.md"]
 
@@ -439,7 +444,7 @@ def test_unlistable_folder_keeps_its_files(tmp_path: Path, monkeypatch: pytest.M
     """A folder that cannot be listed is reported, and its known files are not deleted."""
     write(tmp_path, "locked/a.md", "alpha")
     write(tmp_path, "open.md", "open")
-    _, _, checkpoint = scan(FilesystemSource(tmp_path))
+    _, _, checkpoint = scan(fs(tmp_path))
     real_scandir = os.scandir
 
     def failing_scandir(path: Any) -> Any:
@@ -448,7 +453,7 @@ def test_unlistable_folder_keeps_its_files(tmp_path: Path, monkeypatch: pytest.M
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", failing_scandir)
-    changes, report, _ = scan(FilesystemSource(tmp_path), checkpoint)
+    changes, report, _ = scan(fs(tmp_path), checkpoint)
 
     assert changes == []
     assert report.skipped == {"unreadable": 1}
@@ -456,6 +461,6 @@ def test_unlistable_folder_keeps_its_files(tmp_path: Path, monkeypatch: pytest.M
 
 def test_missing_root_is_an_error_not_a_mass_delete(tmp_path: Path) -> None:
     """A root that is not a directory raises instead of deleting every known document."""
-    checkpoint = Checkpoint({"a.md": FileState(1, 1, "h")})
+    Checkpoint({"a.md": FileState(1, 1, "h", 1)}).save(tmp_path / "unmounted.checkpoint.json")
     with pytest.raises(ConfigError):
-        list(FilesystemSource(tmp_path / "unmounted").scan(checkpoint, ScanReport()))
+        list(fs(tmp_path / "unmounted").changes(PassReport()))

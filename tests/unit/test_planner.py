@@ -12,8 +12,10 @@ from pipeline.planner import (
     DocState,
     Incoming,
     Outcome,
+    Write,
     chunk_point_ids,
     metadata_hash,
+    plan_batch,
     plan_encode,
     plan_write,
 )
@@ -95,23 +97,18 @@ def test_chunk_point_ids_depend_on_content_not_position() -> None:
 # ---------------------------------------------------------------- plan_write
 
 
-def test_new_document_is_added_with_all_upserts() -> None:
-    """A document the index has never seen is ADDED: every chunk upserted, nothing deleted."""
+def test_new_document_is_added_and_written_in_full() -> None:
+    """A document the index has never seen is ADDED: every chunk is written."""
     event = incoming(["a", "b", "c"], 1)
     plan = plan_write(event, None)
-    assert plan.outcome is Outcome.ADDED
-    assert plan.upsert == (0, 1, 2)
-    assert plan.delete == ()
-    assert plan.state == state_of(event)
+    assert (plan.outcome, plan.write, plan.state) == (Outcome.ADDED, Write.POINTS, state_of(event))
 
 
 def test_same_content_newer_version_is_unchanged_and_bumps_version() -> None:
-    """Same text and metadata at a newer version writes nothing but records the new version."""
+    """Same text and metadata at a newer version writes no point but records the new version."""
     current = state_of(incoming(["a", "b"], 1))
     plan = plan_write(incoming(["a", "b"], 5), current)
-    assert plan.outcome is Outcome.UNCHANGED
-    assert plan.upsert == ()
-    assert plan.delete == ()
+    assert (plan.outcome, plan.write) == (Outcome.UNCHANGED, Write.STATE)
     assert plan.state is not None
     assert plan.state.version == 5
     assert plan.state.point_ids == current.point_ids
@@ -121,113 +118,75 @@ def test_same_content_same_version_is_unchanged_without_state() -> None:
     """A replay of the exact event the index reflects persists nothing at all."""
     event = incoming(["a", "b"], 3)
     plan = plan_write(event, state_of(event))
-    assert plan.outcome is Outcome.UNCHANGED
-    assert (plan.upsert, plan.delete, plan.state) == ((), (), None)
+    assert (plan.outcome, plan.write, plan.state) == (Outcome.UNCHANGED, Write.NOTHING, None)
 
 
-def test_shrink_deletes_only_vanished_ids_and_upserts_only_new_ones() -> None:
-    """An edit deletes exactly the points that vanished and upserts only chunks not already stored."""
+def test_changed_text_rewrites_every_current_chunk() -> None:
+    """An edit writes the whole current chunk set (each point stamped with the new version)."""
     old = incoming(["a", "b", "c", "d"], 1)
     new = incoming(["a", "c", "e"], 2)
     plan = plan_write(new, state_of(old))
-    assert plan.outcome is Outcome.CHANGED
-    assert plan.upsert == (2,)
-    assert new.point_ids[2] == point_id(KEY, sha256_hex("e"), 0)
-    assert set(plan.delete) == {point_id(KEY, sha256_hex(t), 0) for t in ("b", "d")}
-    assert plan.state == state_of(new)
-
-
-def test_pure_shrink_deletes_tail_and_upserts_nothing() -> None:
-    """Dropping the last chunk deletes its point and writes no points."""
-    old = incoming(["a", "b", "c"], 1)
-    plan = plan_write(incoming(["a", "b"], 2), state_of(old))
-    assert plan.outcome is Outcome.CHANGED
-    assert plan.upsert == ()
-    assert plan.delete == (old.point_ids[2],)
-
-
-def test_removing_one_of_repeated_chunks_deletes_last_occurrence() -> None:
-    """With a chunk repeated twice, removing one copy deletes exactly one point."""
-    old = incoming(["x", "y", "x"], 1)
-    plan = plan_write(incoming(["y", "x"], 2), state_of(old))
-    assert plan.upsert == ()
-    assert plan.delete == (point_id(KEY, sha256_hex("x"), 1),)
+    assert (plan.outcome, plan.write, plan.state) == (Outcome.CHANGED, Write.POINTS, state_of(new))
 
 
 @pytest.mark.parametrize("op", ["upsert", "delete"])
 def test_lower_version_is_stale_and_writes_nothing(op: str) -> None:
-    """An event older than what the index reflects is STALE: no upserts, deletes or state."""
+    """An event older than what the index reflects is STALE: no write and no state."""
     current = state_of(incoming(["a", "b"], 10))
     plan = plan_write(incoming(["c"], 9, op=op), current)
-    assert plan.outcome is Outcome.STALE
-    assert (plan.upsert, plan.delete, plan.state) == ((), (), None)
+    assert (plan.outcome, plan.write, plan.state) == (Outcome.STALE, Write.NOTHING, None)
 
 
-def test_delete_of_live_document_deletes_all_points_and_records_tombstone() -> None:
-    """Deleting a live document deletes every point id it has and records a tombstone."""
+def test_delete_of_live_document_records_a_tombstone() -> None:
+    """Deleting a live document deletes its points and records a tombstone at its version."""
     current = state_of(incoming(["a", "b", "a"], 4))
     plan = plan_write(incoming([], 5, op="delete"), current)
-    assert plan.outcome is Outcome.DELETED
-    assert plan.upsert == ()
-    assert set(plan.delete) == set(current.point_ids)
-    assert len(plan.delete) == 3
-    assert plan.state is not None
-    assert plan.state.deleted
-    assert plan.state.version == 5
-    assert plan.state.point_ids == ()
+    assert (plan.outcome, plan.write) == (Outcome.DELETED, Write.DELETE)
+    assert plan.state == DocState(5, "", "", (), deleted=True)
 
 
 def test_upsert_older_than_tombstone_is_stale() -> None:
     """After a deletion, an upsert with a lower version loses to the tombstone."""
     tombstone = DocState(7, "", "", (), deleted=True)
     plan = plan_write(incoming(["a"], 6), tombstone)
-    assert plan.outcome is Outcome.STALE
-    assert plan.state is None
+    assert (plan.outcome, plan.state) == (Outcome.STALE, None)
 
 
-def test_upsert_newer_than_tombstone_is_added() -> None:
-    """A newer upsert after a deletion re-adds the document in full."""
+def test_upsert_as_new_as_the_tombstone_is_added() -> None:
+    """An upsert at or above the tombstone's version re-adds the document in full (a
+    dead-lettered document re-emitted at the same version once a limit is raised)."""
     tombstone = DocState(7, "", "", (), deleted=True)
-    event = incoming(["a", "b"], 8)
-    plan = plan_write(event, tombstone)
-    assert plan.outcome is Outcome.ADDED
-    assert plan.upsert == (0, 1)
-    assert plan.delete == ()
-    assert plan.state == state_of(event)
+    for version in (7, 8):
+        event = incoming(["a", "b"], version)
+        plan = plan_write(event, tombstone)
+        assert (plan.outcome, plan.write, plan.state) == (Outcome.ADDED, Write.POINTS, state_of(event))
 
 
 def test_delete_of_unknown_document_records_tombstone_so_older_upsert_loses() -> None:
-    """Deleting a never-seen document still records a tombstone; an older upsert then becomes STALE."""
+    """Deleting a never-seen document still sweeps and records a tombstone; an older upsert
+    then becomes STALE."""
     plan = plan_write(incoming([], 5, op="delete"), None)
-    assert plan.outcome is Outcome.UNCHANGED
-    assert plan.delete == ()
-    assert plan.state is not None
-    assert plan.state.deleted
-    assert plan.state.version == 5
-    late = plan_write(incoming(["a"], 4), plan.state)
-    assert late.outcome is Outcome.STALE
+    assert (plan.outcome, plan.write) == (Outcome.UNCHANGED, Write.DELETE)
+    assert plan.state == DocState(5, "", "", (), deleted=True)
+    assert plan_write(incoming(["a"], 4), plan.state).outcome is Outcome.STALE
 
 
 def test_repeated_delete_same_version_persists_nothing() -> None:
     """A replayed delete of an already-deleted document at the same version writes nothing."""
     tombstone = DocState(5, "", "", (), deleted=True)
     plan = plan_write(incoming([], 5, op="delete"), tombstone)
-    assert plan.outcome is Outcome.UNCHANGED
-    assert (plan.upsert, plan.delete, plan.state) == ((), (), None)
+    assert (plan.outcome, plan.write, plan.state) == (Outcome.UNCHANGED, Write.NOTHING, None)
     newer = plan_write(incoming([], 6, op="delete"), tombstone)
     assert newer.state is not None
     assert newer.state.version == 6
 
 
-def test_metadata_change_rewrites_all_points() -> None:
-    """Same text with different metadata upserts every chunk (payloads change) and deletes none."""
+def test_metadata_only_change_updates_payloads_not_vectors() -> None:
+    """Same text with different metadata is CHANGED but writes payloads only."""
     old = incoming(["a", "b", "c"], 1, meta=metadata_hash({"title": "Old"}))
     new = incoming(["a", "b", "c"], 2, meta=metadata_hash({"title": "New"}))
     plan = plan_write(new, state_of(old))
-    assert plan.outcome is Outcome.CHANGED
-    assert plan.upsert == (0, 1, 2)
-    assert plan.delete == ()
-    assert plan.state == state_of(new)
+    assert (plan.outcome, plan.write, plan.state) == (Outcome.CHANGED, Write.PAYLOAD, state_of(new))
 
 
 def test_metadata_hash_is_order_insensitive() -> None:
@@ -236,46 +195,37 @@ def test_metadata_hash_is_order_insensitive() -> None:
     assert metadata_hash({"a": 1}) != metadata_hash({"a": 2})
 
 
-def apply(
-    points: dict[str, str], texts: Sequence[str], event: Incoming, state: DocState | None
-) -> DocState | None:
-    """Apply a plan to a simulated point set, in the sink's order; return the recorded state."""
-    plan = plan_write(event, state)
-    for ordinal in plan.upsert:
-        points[event.point_ids[ordinal]] = texts[ordinal]
-    for pid in plan.delete:
-        points.pop(pid, None)
-    return plan.state if plan.state is not None else state
+# ---------------------------------------------------------------- plan_batch
 
 
-def test_a_b_a_sequence_ends_with_exactly_a_points() -> None:
-    """Applying A, then B, then A again leaves exactly A's point ids, each with its text."""
-    a_texts = ["intro", "shared", "middle", "outro"]
-    b_texts = ["intro", "rewritten", "shared", "new tail", "shared"]
-    points: dict[str, str] = {}
-    state = apply(points, a_texts, incoming(a_texts, 1), None)
-    a_ids = set(incoming(a_texts, 1).point_ids)
-    assert set(points) == a_ids
-    state = apply(points, b_texts, incoming(b_texts, 2), state)
-    assert set(points) == set(incoming(b_texts, 2).point_ids)
-    state = apply(points, a_texts, incoming(a_texts, 3), state)
-    assert set(points) == a_ids
-    assert sorted(points.values()) == sorted(a_texts)
-    assert state is not None
-    assert state.version == 3
-    # A stale replay of B changes nothing.
-    apply(points, b_texts, incoming(b_texts, 2), state)
-    assert set(points) == a_ids
+def test_a_b_a_in_one_batch_reports_each_step_but_writes_only_a_version_bump() -> None:
+    """Outcomes follow the batch in order; the write compares the last event with the record."""
+    a1 = incoming(["alpha"], 1)
+    batch = plan_batch([(KEY, incoming(["beta"], 2)), (KEY, incoming(["alpha"], 3))], {KEY: state_of(a1)})
+    assert batch.outcomes == [Outcome.CHANGED, Outcome.CHANGED]
+    index, plan = batch.writes[KEY]
+    assert (index, plan.write) == (1, Write.STATE)
 
 
-def test_delete_then_readd_sequence() -> None:
-    """Add, delete, stale re-add and newer re-add leave the right point set at each step."""
-    texts = ["one", "two"]
-    points: dict[str, str] = {}
-    state = apply(points, texts, incoming(texts, 1), None)
-    state = apply(points, [], incoming([], 2, op="delete"), state)
-    assert points == {}
-    state = apply(points, texts, incoming(texts, 1), state)
-    assert points == {}
-    apply(points, texts, incoming(texts, 3), state)
-    assert set(points) == set(incoming(texts, 3).point_ids)
+def test_a_stale_event_inside_a_batch_is_judged_against_the_batch_so_far() -> None:
+    """v3 then v2 in one batch: v2 is stale and v3 is what gets written."""
+    batch = plan_batch([(KEY, incoming(["three"], 3)), (KEY, incoming(["two"], 2))], {})
+    assert batch.outcomes == [Outcome.ADDED, Outcome.STALE]
+    index, plan = batch.writes[KEY]
+    assert (index, plan.outcome, plan.write) == (0, Outcome.ADDED, Write.POINTS)
+
+
+def test_add_then_delete_in_one_batch_sweeps_and_leaves_a_tombstone() -> None:
+    """A document created and deleted within one batch ends as a tombstone, nothing written."""
+    batch = plan_batch([(KEY, incoming(["x"], 1)), (KEY, incoming([], 2, op="delete"))], {})
+    assert batch.outcomes == [Outcome.ADDED, Outcome.DELETED]
+    _, plan = batch.writes[KEY]
+    assert plan.write is Write.DELETE
+    assert plan.state == DocState(2, "", "", (), deleted=True)
+
+
+def test_an_all_stale_document_has_no_write() -> None:
+    """A document whose every event in the batch is stale gets no write at all."""
+    batch = plan_batch([(KEY, incoming(["old"], 1))], {KEY: state_of(incoming(["new"], 5))})
+    assert batch.outcomes == [Outcome.STALE]
+    assert batch.writes == {}

@@ -172,3 +172,36 @@ def test_a_small_call_in_a_fresh_process_never_imports_torch(tiny_model, prepare
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "onnx []"
+
+
+HEAVY_PROBE = """
+import atexit, sys
+heavy = ("torch", "transformers", "sentence_transformers")
+atexit.register(lambda: print("HEAVY", [m for m in heavy if m in sys.modules], file=sys.stderr))
+from pipeline.cli import main
+sys.argv = ["embedstream", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_one_shot_cli_search_and_small_index_never_import_torch(tiny_model, tmp_path):
+    """After the first index built the ONNX artefact, `embedstream search` and a small
+    `embedstream index` run start to finish without importing torch or transformers."""
+    folder, state = tmp_path / "docs", tmp_path / "state"
+    folder.mkdir()
+    (folder / "a.md").write_text("Door sensors report their battery level every hour.\n")
+    common = ["--state-dir", str(state), "--model", str(tiny_model), "--json"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", HEAVY_PROBE, *args, *common],
+            capture_output=True, text=True, env=env, check=True, cwd=tmp_path,
+        )  # fmt: skip
+        return done.stderr.strip().splitlines()[-1]
+
+    cli("index", str(folder))  # a small first index: torch encodes it, then builds the artefact
+    (folder / "b.md").write_text("Consumer groups rebalance partitions when a member joins.\n")
+    assert cli("index", str(folder)) == "HEAVY []"
+    assert cli("search", "battery") == "HEAVY []"

@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-unit lint bench kafka-jars kafka clean
+.PHONY: install run test test-unit lint bench bench-gpu kafka-jars kafka clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ lint: install
 
 bench: install kafka-jars
 	$(PY) ops/bench/run.py
+
+# Encoder tokens/s: raw encode vs the pipeline encoder (CUDA when visible, else CPU).
+bench-gpu: install
+	$(PY) ops/bench/gpu.py
 
 kafka: kafka-jars
 	$(PY) ops/kafka/broker.py --libs .cache/kafka/libs --work .cache/kafka/run --port 9092

@@ -1,0 +1,67 @@
+"""Sink-only throughput: precomputed vectors events through the sink stage into the embedded
+engine, so the figure is the store path alone (decode, plan, upsert, state, flush), no model.
+
+Documents of 10 chunks with random unit vectors (all-MiniLM-L6-v2's 384 dimensions) and
+real sentences as chunk text, in batches of ``kafka.batch_max_records`` as the sink worker
+takes them. Target (issue 10): >= 20,000 points/s.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+from corpus import sentences
+
+from pipeline.bus import Record
+from pipeline.events import ChunkRef, VectorsEvent, doc_key
+from pipeline.hashing import point_id, sha256_hex
+from pipeline.observe import NullObserver
+from pipeline.runtime import Runtime
+from pipeline.settings import Settings
+
+TOPIC = "bench.vectors"
+
+
+def vectors_records(documents: int, chunks: int, dims: int, seed: int = 3) -> list[Record]:
+    rng, pool = np.random.default_rng(seed), sentences()
+    pick = random.Random(seed)
+    records = []
+    for number in range(documents):
+        doc_id = f"doc-{number:05d}.md"
+        key = doc_key("bench", doc_id)
+        texts = [f"{number}.{i} " + " ".join(pick.sample(pool, 3)) for i in range(chunks)]
+        hashes = [sha256_hex(t) for t in texts]
+        refs = tuple(
+            ChunkRef(point_id(key, h, 0), i, h, t) for i, (h, t) in enumerate(zip(hashes, texts, strict=True))
+        )
+        matrix = rng.standard_normal((chunks, dims)).astype(np.float32)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        event = VectorsEvent(
+            source="bench", doc_id=doc_id, op="upsert", version=1, content_hash=sha256_hex("".join(texts)),
+            fingerprint="bench-model@0000000000000000", metadata={"path": doc_id}, emitted_at=time.time(),
+            chunks=refs, vectors=matrix,
+        )  # fmt: skip
+        records.append(Record(TOPIC, 0, number, key, event.to_bytes()))
+    return records
+
+
+def sink_throughput(
+    settings: Settings, documents: int = 3000, chunks: int = 10, dims: int = 384
+) -> dict[str, float]:
+    records = vectors_records(documents, chunks, dims)
+    batch = settings.kafka.batch_max_records
+    runtime = Runtime(settings, NullObserver())
+    try:
+        sink = runtime.sink_stage(1)
+        assert not sink.handle(records[:1]), "the first event was dead-lettered"  # creates the version
+        started = time.perf_counter()
+        for start in range(1, len(records), batch):
+            dead = sink.handle(records[start : start + batch])
+            assert not dead, f"{len(dead)} events dead-lettered"
+        seconds = time.perf_counter() - started
+    finally:
+        runtime.close()
+    points = (len(records) - 1) * chunks
+    return {"sink_points": points, "sink_seconds": seconds, "sink_points_per_s": points / seconds}

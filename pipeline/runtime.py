@@ -21,6 +21,7 @@ from pipeline.components import make_chunker, make_encoder, open_cache, open_sto
 from pipeline.encoder import Encoder
 from pipeline.errors import Refused
 from pipeline.events import ChangeEvent
+from pipeline.faults import crash_point
 from pipeline.observe import Observer
 from pipeline.settings import Settings
 from pipeline.sources import Change, PassReport, Source
@@ -187,7 +188,8 @@ def run_source_pass(
             on_slice(len(part))
     if indexed is not None:
         known = indexed()
-        orphans = source.orphans(known)
+        pending = {c.doc_id for c in deletions}  # set aside above, still live in the index
+        orphans = [c for c in source.orphans(known) if c.doc_id not in pending]
         result.orphans = len(orphans)
         deletions += orphans
         if not allow_mass_delete:
@@ -210,6 +212,7 @@ def _is_deletion(change: Change, deletions: list[Change]) -> bool:
 def _deliver(source: Source, deliver: Deliver, part: Sequence[Change]) -> int:
     events = [c.event for c in part if c.event is not None]
     failed = deliver(events) if events else set()
+    crash_point("source.after_publish")
     source.commit([c for c in part if c.event is None or c.event.key not in failed])
     return len(events)
 

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 # Kafka fixtures live in one plugin so integration and e2e tests share one broker.
-pytest_plugins = ["tests.kafka_fixtures"]
+pytest_plugins = ["tests.kafka_fixtures", "tests.cli_runner"]
 
 
 @pytest.fixture(scope="session")

@@ -137,9 +137,10 @@ class EmbedStage:
             done += len(part)
             self._observer.chunks(len(part), reused, sum(sizes[h] for h in part))
             self._observer.encoding(done, total)
+            # Per slice, as the cache is written: a crash loses no record of work kept.
+            log.info("encoded chunks", extra={"encoded": len(part), "reused": reused, "of": total})
             reused = 0
             crash_point("embed.after_encode")
-        log.info("encoded chunks", extra={"encoded": total, "reused": plan.reused})
         return {**known, **fresh}
 
     def _encode(self, part: dict[str, str]) -> dict[str, Vector]:

@@ -34,6 +34,9 @@ from pipeline.store import (
     with_version_parts,
 )
 
+#: New points after which flush() runs the optimizer (a few seconds of indexing at most).
+OPTIMIZE_EVERY = 20_000
+INDEXING_THRESHOLD_KB = 10_000
 _DATATYPES = {"float32": qe.VectorStorageDatatype.Float32, "float16": qe.VectorStorageDatatype.Float16}
 
 
@@ -43,6 +46,8 @@ class EdgeStore:
         root.mkdir(parents=True, exist_ok=True)
         self._lock_file = _acquire(root / "LOCK")
         self._shards: dict[str, qe.EdgeShard] = {}
+        # Points written per collection since the engine's optimizer last ran (see flush).
+        self._unoptimized: dict[str, int] = {}
 
     def collections(self) -> list[str]:
         return sorted(p.name for p in self._root.iterdir() if (p / "spec.json").is_file())
@@ -72,6 +77,7 @@ class EdgeStore:
             edge_points = [qe.Point(p.id, list(p.vector), with_version_parts(p.payload)) for p in points]
             condition = _guard(points) if guarded else None
             _call(self._shard(name).update, qe.UpdateOperation.upsert_points(edge_points, condition))
+            self._unoptimized[name] = self._unoptimized.get(name, 0) + len(points)
 
     def set_payload(self, name: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         if ids:
@@ -157,12 +163,29 @@ class EdgeStore:
     def flush(self) -> None:
         for shard in self._shards.values():
             _call(shard.flush)
+        self._optimize(OPTIMIZE_EVERY)
 
     def close(self) -> None:
-        for shard in self._shards.values():
-            shard.close()
+        try:
+            self._optimize(1)
+        finally:
+            for shard in self._shards.values():
+                shard.close()
         self._shards.clear()
         self._lock_file.close()
+
+    def _optimize(self, at_least: int) -> None:
+        """Run the engine's segment optimizer on collections with ``at_least`` new points.
+
+        A Qdrant server runs it in the background; the embedded engine only when asked, and
+        without it no segment is ever indexed (HNSW) or quantized (scalar int8): a large
+        collection would be searched by brute force over full vectors. Segments under the
+        engine's indexing threshold are left as they are, so small collections cost nothing.
+        """
+        for name, written in list(self._unoptimized.items()):
+            if written >= at_least and name in self._shards:
+                _call(self._shards[name].optimize)
+                self._unoptimized[name] = 0
 
     def _aliases(self) -> dict[str, str]:
         path = self._root / "aliases.json"
@@ -224,7 +247,10 @@ def _config(spec: CollectionSpec) -> qe.EdgeConfig:
         datatype=_DATATYPES[spec.datatype],
         quantization_config=quantization,
     )
-    return qe.EdgeConfig(vectors=params)
+    # A server's default: segments past this size (KB) get an HNSW graph and quantized codes.
+    return qe.EdgeConfig(
+        vectors=params, optimizers=qe.EdgeOptimizersConfig(indexing_threshold=INDEXING_THRESHOLD_KB)
+    )
 
 
 def _filter(filters: Mapping[str, Scalar] | None) -> qe.Filter | None:

@@ -22,7 +22,9 @@ from pipeline.encoder import SentenceTransformerEncoder
 from pipeline.events import ChangeEvent
 from pipeline.hashing import normalize_text
 from pipeline.index import read_version
+from pipeline.observe import NullObserver
 from pipeline.planner import chunk_point_ids
+from pipeline.runtime import Runtime
 from pipeline.settings import KafkaSettings, Settings
 from pipeline.store.edge import EdgeStore
 from pipeline.topics import Topics
@@ -137,7 +139,13 @@ class KafkaPipeline:
         self.env.pop("EMBEDSTREAM_CRASH_AT", None)
         self.daemons: list[Daemon] = []
         self.produced = 0
-        self._bus = KafkaBus(kafka, client_id="embedstream-test", timeouts=TEST_TIMEOUTS)
+        self.runtime = Runtime(self.settings, NullObserver())
+        self._bus = KafkaBus(
+            kafka,
+            client_id="embedstream-test",
+            timeouts=TEST_TIMEOUTS,
+            max_message_bytes=self.runtime.message_limit,
+        )
         self._encoder = SentenceTransformerEncoder(self.settings.model)
         self.chunker = make_chunker(self._encoder, self.settings)
 
@@ -147,6 +155,10 @@ class KafkaPipeline:
         daemon = Daemon(name, list(args), {**self.env, **extra, **env}, self.root / f"{name}.log")
         self.daemons.append(daemon)
         return daemon
+
+    def create_topics(self) -> None:
+        """The topics as the daemons create them (message size limit included)."""
+        self._bus.ensure_topics(self.runtime.topic_specs(1))
 
     def produce(self, events: Iterable[ChangeEvent]) -> None:
         self.produce_raw((e.key, e.to_bytes()) for e in events)

@@ -7,37 +7,20 @@ are checked, never internals. Stores are the real embedded engine, the model the
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from pipeline.cli import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, app
+from pipeline.cli import EXIT_CONFIG, EXIT_OK, EXIT_USAGE
+from tests.cli_runner import cli
 from tests.conftest import REPO
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No EMBEDSTREAM_* variable or ./embedstream.toml from outside; logging restored after."""
-    for name in list(os.environ):
-        if name.upper().startswith("EMBEDSTREAM_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(app, list(args), env=env)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def error_lines(result: Result) -> list[str]:

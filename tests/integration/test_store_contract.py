@@ -334,3 +334,26 @@ def test_stored_vectors_read_back_close_to_what_was_written(store, name):
     assert set(found) == {p.id for p in written}
     for point in written:
         assert np.allclose(found[point.id], point.vector, atol=1e-3)
+
+
+def test_the_embedded_engine_indexes_and_quantizes_large_segments(tmp_path, monkeypatch):
+    """Past the indexing threshold the engine's optimizer runs (a server does it in the
+    background; the embedded engine only when asked): every vector ends up indexed, so an
+    int8 collection really searches int8 codes instead of full vectors."""
+    import pipeline.store.edge as edge
+
+    monkeypatch.setattr(edge, "INDEXING_THRESHOLD_KB", 1)
+    store = EdgeStore(tmp_path / "edge")
+    store.create_collection("c", CollectionSpec(8, "float32", "int8"))
+    written = points(300)
+    store.upsert("c", written)
+    store.flush()
+    store.close()
+    reopened = EdgeStore(tmp_path / "edge")
+    try:
+        info = reopened._shard("c").info()
+        assert info.indexed_vectors_count == info.points_count == 300
+        hits = reopened.search("c", written[5].vector, SearchOptions(limit=1, oversampling=2.0, rescore=True))
+        assert hits[0].id == written[5].id
+    finally:
+        reopened.close()

@@ -208,11 +208,19 @@ def test_rebalance_during_processing_settles_and_loses_nothing(
         batch = poll_until(first, at_least(1))
         seen.extend(batch)
         joiner = threading.Thread(target=consume, args=(second, 8))
+        def assignments() -> int:
+            return sum("partitions assigned" in r.getMessage() for r in caplog.records)
+
         with first.processing():
+            before = assignments()
             joiner.start()
-            time.sleep(2.5)  # the joiner's rebalance completes within about a second
+            # The rebalance is over once both members were assigned anew (bounded wait).
+            deadline = time.monotonic() + 60
+            while assignments() < before + 2:
+                assert time.monotonic() < deadline, "the joiner's rebalance never completed"
+                time.sleep(0.1)
             caplog.clear()
-            time.sleep(2.5)
+            time.sleep(2.5)  # a quiet window: any further partition movement is churn
             churn = [r.getMessage() for r in caplog.records if "partitions" in r.getMessage()]
         still_assigned = first.lag()  # keys: the partitions `first` owns now
         with contextlib.suppress(CommitLost):  # its batch's partition may have moved

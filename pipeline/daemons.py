@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from prometheus_client import CollectorRegistry
@@ -23,6 +23,7 @@ from pipeline.errors import MessageTooLarge
 from pipeline.events import ChangeEvent
 from pipeline.http import DaemonServer
 from pipeline.metrics import PrometheusObserver
+from pipeline.registry import embed_version, read_versions, sink_planner
 from pipeline.runtime import Runtime, run_source_pass
 from pipeline.settings import Settings
 from pipeline.sources import Source
@@ -40,6 +41,10 @@ DAEMON_TIMEOUTS = KafkaTimeouts(request_ms=10_000, bootstrap_ms=10_000, probe_ms
 PROGRESS_LOG_S = 30.0
 
 
+#: A stage's own reason to be reported not ready although it runs (None: none).
+Check = Callable[[], str | None]
+
+
 @dataclass(frozen=True)
 class DaemonContext:
     runtime: Runtime
@@ -47,6 +52,12 @@ class DaemonContext:
     stop: threading.Event
     registry: CollectorRegistry
     health: Health
+    checks: list[Check] = field(default_factory=list)  # consulted by /readyz
+
+
+def _readiness(health: Health, checks: Sequence[Check]) -> tuple[bool, str]:
+    problems = [problem for check in checks if (problem := check()) is not None]
+    return (False, "; ".join(problems)) if problems else health.readiness()
 
 
 @contextmanager
@@ -59,11 +70,12 @@ def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[Dae
         settings.kafka, client_id=f"embedstream-{name}", timeouts=DAEMON_TIMEOUTS,
         max_message_bytes=runtime.message_limit,
     )  # fmt: skip
+    checks: list[Check] = []
     try:
-        server = DaemonServer(settings.http.addr, registry, health.readiness).start()
+        server = DaemonServer(settings.http.addr, registry, partial(_readiness, health, checks)).start()
         log.info("%s daemon started", name, extra={"http": server.url, "index": settings.index.name})
         try:
-            yield DaemonContext(runtime, bus, stop, registry, health)
+            yield DaemonContext(runtime, bus, stop, registry, health, checks)
         finally:
             server.stop()
             log.info("%s daemon stopped", name)
@@ -74,19 +86,31 @@ def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[Dae
 
 def run_embed(settings: Settings, version: int, stop: threading.Event) -> None:
     with daemon(settings, stop, "embed") as ctx:
-        _consume(ctx, ctx.runtime.embed_stage(version), version)
+        runtime, bus = ctx.runtime, ctx.bus
+        call_with_retry(lambda: bus.ensure_topics(runtime.topic_specs(version)), ctx.stop, ctx.health)
+        # The version's registered model and chunker, or exit 3 pointing at `migrate`.
+        call_with_retry(lambda: embed_version(runtime, bus, version), ctx.stop, ctx.health)
+        _consume(ctx, runtime.embed_stage(version), version)
 
 
 def run_sink(settings: Settings, version: int, stop: threading.Event) -> None:
     with daemon(settings, stop, "sink") as ctx:
-        _consume(ctx, ctx.runtime.sink_stage(version), version)
+        runtime, bus, name = ctx.runtime, ctx.bus, settings.index.name
+        call_with_retry(lambda: bus.ensure_topics(runtime.topic_specs(version)), ctx.stop, ctx.health)
+        registered = call_with_retry(lambda: read_versions(bus, runtime.topics, name), ctx.stop, ctx.health)
+        spec = registered.get(version)
+        stage = runtime.sink_stage(version, sink_planner(runtime, bus, version))
+        ctx.checks.append(stage.problem)
+        # A rebuild reads the vectors of the version it was rebuilt from: nothing is encoded.
+        vectors = runtime.topics.vectors(name, spec.vectors_version if spec else version)
+        _consume(ctx, stage, version, vectors)
 
 
-def _consume(ctx: DaemonContext, stage: Stage, version: int) -> None:
-    """What every consuming daemon shares: topics, group member, worker loop."""
+def _consume(ctx: DaemonContext, stage: Stage, version: int, topic: str | None = None) -> None:
+    """What every consuming daemon shares (once its topics exist): group member, worker loop."""
     runtime, bus = ctx.runtime, ctx.bus
-    call_with_retry(lambda: bus.ensure_topics(runtime.topic_specs(version)), ctx.stop, ctx.health)
-    consumer = bus.consumer(runtime.group_id(stage.name, version), [runtime.input_topic(stage, version)])
+    source = topic or runtime.input_topic(stage, version)
+    consumer = bus.consumer(runtime.group_id(stage.name, version), [source])
     try:
         worker = runtime.worker(stage, consumer, bus.producer(), stop=ctx.stop, health=ctx.health)
         _run_worker(worker)

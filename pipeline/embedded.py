@@ -3,6 +3,10 @@
 A short binding of :class:`pipeline.runtime.Runtime`: the stage objects and the worker
 loop are exactly those the Kafka daemons run; only the transport (:class:`InMemoryBus`)
 and the store (embedded Qdrant engine, unless a server URL is configured) differ.
+
+Every version of the index in the store is fed (:mod:`pipeline.lanes`): during a migration
+each change reaches the live version and the one being built, each with its own model.
+The live version's lane reports to :attr:`EmbeddedPipeline.stats` (what ``index`` prints).
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from pipeline.encoder import Encoder
 from pipeline.errors import ConfigError
 from pipeline.events import ChangeEvent
 from pipeline.index import DocStates, IndexVersion, live_version, versions
+from pipeline.lanes import Lane, backfill_topic, build_lane
 from pipeline.observe import NullObserver, Observer, Observers, RunStats
 from pipeline.runtime import Runtime
 from pipeline.search import SearchResult, search_documents
 from pipeline.settings import IndexSettings, Settings
 from pipeline.store import VectorStore
+from pipeline.version_models import effective_chunking
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +62,11 @@ class EmbeddedPipeline:
         observer: Observer | None = None,
     ) -> None:
         self.settings = settings
-        self.stats = RunStats()
         self.progress = ProgressHook()
-        members: list[Observer] = [self.stats, self.progress, *([observer] if observer else [])]
+        self._external: list[Observer] = [observer] if observer else []
+        self._stats: dict[int, RunStats] = {}  # per version: they outlive lane rebuilds
+        self._letters: list[dict[str, str]] = []
+        members: list[Observer] = [self.progress, *self._external]
         self.runtime = Runtime(settings, Observers(*members), encoder=encoder, cache=cache, store=store)
         self.store: VectorStore = self.runtime.store  # opens it: fails fast if another process owns it
         try:
@@ -73,44 +81,77 @@ class EmbeddedPipeline:
     def encoder(self) -> Encoder:
         return self.runtime.encoder
 
+    @property
+    def stats(self) -> RunStats:
+        """Totals of the live version's lane (the version ``index`` reports on)."""
+        return self._stats.setdefault(self.version_number, RunStats())
+
     def _build_workers(self) -> None:
-        runtime, settings = self.runtime, self.settings
+        settings = self.settings
+        found = versions(self.store, settings.index.name)
         live = live_version(self.store, settings.index.name)
-        if live is not None:
-            check_compatible(live, settings.index, self.encoder.fingerprint)
-        self.version_number = live.version if live else 1
+        chunking = effective_chunking(self.encoder, settings)
+        check_matches_a_version(found, live, settings.index, self.encoder.fingerprint, chunking)
+        self.version_number = live.version if live else (found[-1].version if found else 1)
         self.bus = InMemoryBus()
-        self.topics = runtime.topics
-        embed, self._sink = runtime.embed_stage(self.version_number), runtime.sink_stage(self.version_number)
-        producer = self.bus.producer()
-        self._embed = runtime.worker(
-            embed, self.bus.consumer("embed", [self.topics.changes]), producer, poll_timeout_s=0
-        )
-        vectors = runtime.input_topic(self._sink, self.version_number)
-        self._sink_worker = runtime.worker(
-            self._sink, self.bus.consumer("sink", [vectors]), producer, poll_timeout_s=0
-        )
+        self.topics = self.runtime.topics
         self._dead_seen = 0
+        specs: dict[int, IndexVersion | None] = {v.version: v for v in found} or {1: None}
+        self._lanes: dict[int, Lane] = {
+            n: build_lane(self.runtime, self.bus, n, spec, self._observer_for(n)) for n, spec in specs.items()
+        }
+        self._sink = self._lanes[self.version_number].sink_stage
+
+    def _observer_for(self, number: int) -> Observer:
+        stats = self._stats.setdefault(number, RunStats())
+        if number != self.version_number:
+            return stats  # a building (or retired) version: counted apart from the summary
+        return Observers(stats, self.progress, *self._external)
+
+    def refresh_versions(self) -> None:
+        """Feed the versions the store holds now (after ``migrate start``, ``promote``,
+        ``rollback`` or ``gc``); call between passes, when nothing is in flight."""
+        with self._lock:
+            self._build_workers()
+
+    def locked(self) -> threading.RLock:
+        """Hold while touching the store from outside (a migration step, a backfill's
+        bookkeeping): the watcher's searches run on other threads."""
+        return self._lock
+
+    @property
+    def versions_fed(self) -> list[int]:
+        return sorted(self._lanes)
+
+    def version_stats(self, number: int) -> RunStats:
+        return self._stats.setdefault(number, RunStats())
 
     def process(self, events: Sequence[ChangeEvent]) -> set[str]:
-        """Index ``events``; returns once every one is durably in the store or dead-lettered,
-        with the keys of those dead-lettered (their sources must not checkpoint them)."""
+        """Index ``events`` into every version; returns once every one is durably in the
+        store or dead-lettered, with the keys of those dead-lettered (their sources must
+        not checkpoint them)."""
         producer = self.bus.producer()
         producer.send([Outgoing(self.topics.changes, e.key, e.to_bytes()) for e in events])
-        while self._embed.run_batch():
-            self._drain_sink()
-        self._drain_sink()
+        for lane in self._lanes.values():
+            lane.drain(self._lock)
+        return self._collect_letters()
+
+    def backfill(self, number: int, events: Sequence[ChangeEvent]) -> set[str]:
+        """Replay ``events`` into version ``number`` alone (a source's current documents)."""
+        topic = backfill_topic(self.runtime, number)
+        self.bus.producer().send([Outgoing(topic, e.key, e.to_bytes()) for e in events])
+        self._lanes[number].drain(self._lock)
+        return self._collect_letters()
+
+    def _collect_letters(self) -> set[str]:
         letters = self.bus.records(self.topics.dlq)[self._dead_seen :]
         self._dead_seen += len(letters)
         self._dead.append(letters)
+        for record in letters:
+            headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
+            self._letters.append({"key": record.key or "", **headers})
         self.bus.trim()
         return {r.key or "" for r in letters}
-
-    def _drain_sink(self) -> None:
-        while True:
-            with self._lock:
-                if not self._sink_worker.run_batch():
-                    return
 
     def indexed(self, source: str) -> dict[str, int]:
         """doc_id -> version of the live documents of ``source`` in the index being written."""
@@ -123,16 +164,15 @@ class EmbeddedPipeline:
 
     def dead_letters(self) -> list[dict[str, str]]:
         """This process's dead letters (the local log keeps every run's)."""
-        letters = []
-        for record in self.bus.records(self.topics.dlq):
-            headers = {k: v.decode("utf-8", "replace") for k, v in record.headers}
-            letters.append({"key": record.key or "", **headers})
-        return letters
+        return list(self._letters)
 
     def search(self, query: str, k: int = 10, filters: Mapping[str, str] | None = None) -> list[SearchResult]:
+        """Through the alias, encoded by the live version's own model (a promote or a
+        rollback takes effect for the next query, whatever model.name says)."""
         with self._lock:
             live = live_version(self.store, self.settings.index.name)
-            return search_documents(self.store, live, self.encoder, query, k, filters)
+            encoder = self.runtime.encoders.for_version(live) if live is not None else self.encoder
+            return search_documents(self.store, live, encoder, query, k, filters)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -171,20 +211,44 @@ def _version_status(store: VectorStore, version: IndexVersion, live: str | None)
     }
 
 
-def check_compatible(live: IndexVersion, index: IndexSettings, fingerprint: str) -> None:
-    """An existing index version is never written with another model or storage spec."""
-    wanted = {
+def check_matches_a_version(
+    found: Sequence[IndexVersion],
+    live: IndexVersion | None,
+    index: IndexSettings,
+    fingerprint: str,
+    chunking: tuple[int, int] | None = None,
+) -> None:
+    """The settings describe one of the index's versions (during a migration, the live one
+    or the one being built; all are fed anyway), else :func:`check_compatible` explains."""
+    for version in found:
+        try:
+            check_compatible(version, index, fingerprint, chunking)
+        except ConfigError:
+            continue
+        return
+    if found:
+        check_compatible(live or found[-1], index, fingerprint, chunking)
+
+
+def check_compatible(
+    live: IndexVersion, index: IndexSettings, fingerprint: str, chunking: tuple[int, int] | None = None
+) -> None:
+    """An existing index version is never written with another model, chunker or storage spec."""
+    wanted: dict[str, object] = {
         "model": fingerprint,
         "dims": index.dims or live.full_dims,
         "datatype": index.datatype,
         "quantization": index.quantization,
     }
-    held = {
+    held: dict[str, object] = {
         "model": live.fingerprint,
         "dims": live.dims,
         "datatype": live.datatype,
         "quantization": live.quantization,
     }
+    if chunking is not None and live.chunk_tokens:  # versions record their chunker since migrations
+        wanted["chunking"] = f"{chunking[0]}/{chunking[1]} tokens/overlap"
+        held["chunking"] = f"{live.chunk_tokens}/{live.overlap_tokens} tokens/overlap"
     changed = [
         f"{k}: index has {held[k]}, settings ask for {wanted[k]}" for k in wanted if wanted[k] != held[k]
     ]

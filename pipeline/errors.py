@@ -14,6 +14,7 @@
     │   ├── MessageTooLarge       a message the broker or client refuses for its size
     │   ├── EmptyDocument         nothing left after normalization
     │   ├── InvalidVectors        NaN/inf or wrong dimension from the encoder
+    │   │   └── ForeignModel      vectors of another model than the index version's
     │   └── StoreRejected         the store refused this document's write (4xx, validation)
     └── FatalError                the process cannot go on: exit with a clear message
         ├── ConfigError           settings that contradict each other or the model
@@ -106,6 +107,17 @@ class EmptyDocument(PoisonError):
 
 class InvalidVectors(PoisonError):
     reason = "invalid_vectors"
+
+
+class ForeignModel(InvalidVectors):
+    """Vectors of another model than the index version's: an embed worker runs the wrong
+    model. Dead-lettered (replayable once fixed), and the sink reports it on /readyz."""
+
+    reason = "foreign_model"
+
+    def __init__(self, message: str, *, fingerprint: str) -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
 
 
 class StoreRejected(PoisonError):

@@ -2,15 +2,22 @@
 
 An index version is collection ``<name>__v<N>`` plus a companion ``<name>__v<N>__docs``
 that records, per document, the version and chunk point ids the index reflects (and a
-tombstone after a deletion), and the version's own spec. Keeping this in Qdrant itself,
-not beside it, means whatever store holds the points also holds the truth about them.
+tombstone after a deletion), the version's own spec (immutable once written) and its
+lifecycle (when the alias came and went, which version it replaced, which sources were
+replayed into it). Keeping this in Qdrant itself, not beside it, means whatever store
+holds the points also holds the truth about them. Kafka workers that cannot reach the
+store read the same spec from the control topic (:mod:`pipeline.registry`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,24 +26,62 @@ from pipeline.events import Matrix, split_key
 from pipeline.faults import crash_point
 from pipeline.hashing import doc_state_id
 from pipeline.planner import DocState
-from pipeline.settings import IndexSettings
-from pipeline.store import DOC_KEY, VERSION, CollectionSpec, PointWrite, VectorStore
+from pipeline.settings import IndexSettings, ModelSettings
+from pipeline.store import (
+    DOC_KEY,
+    VERSION,
+    CollectionSpec,
+    Datatype,
+    PointWrite,
+    Quantization,
+    VectorStore,
+)
 
 _SPEC_KEY = "__spec__"
+_LIFECYCLE_KEY = "__lifecycle__"
 _UNIT = (1.0,)  # the docs collection needs a vector; it is never searched
+#: uint8 storage codes each component x of a unit vector as round(x * 127 / r) + 128, clipped
+#: to 1..255, with r = min(1, UINT8_SIGMAS / sqrt(dims)): a component of a d-dimensional unit
+#: vector has a spread near 1/sqrt(d), so r leaves room for outliers of 8 times that while
+#: keeping 3-4 times the resolution of r = 1 at 384 dimensions.
+UINT8_SIGMAS = 8.0
+
+
+def uint8_scale(dims: int) -> float:
+    """Code steps per unit of a component (see :data:`UINT8_SIGMAS`)."""
+    return 127 / min(1.0, UINT8_SIGMAS / math.sqrt(dims))
 
 
 @dataclass(frozen=True)
 class IndexVersion:
+    """One version of an index: everything that decides what its points are.
+
+    The fields after ``rescore`` came later; a spec stored without them reads back with
+    their defaults (empty model, chunking 0 = not recorded, vectors of its own).
+    """
+
     name: str
     version: int
     fingerprint: str
     full_dims: int
     dims: int
-    datatype: Literal["float32", "float16"]
-    quantization: Literal["none", "int8", "binary"]
+    datatype: Datatype
+    quantization: Quantization
     oversampling: float
     rescore: bool
+    #: The model as configured (a resolved directory, or a bundled name) and the settings
+    #: its fingerprint covers, so any process can load the same encoder for this version.
+    model: str = ""
+    query_prefix: str = ""
+    document_prefix: str = ""
+    max_seq_length: int | None = None
+    #: The chunker the version's points were cut with (0: not recorded).
+    chunk_tokens: int = 0
+    overlap_tokens: int = 0
+    #: The version whose vectors topic feeds this one (0: its own). A rebuild for the same
+    #: model with another datatype or quantization reads an existing vectors log: no encoding.
+    vectors_from: int = 0
+    created_at: float = 0.0
 
     @property
     def collection(self) -> str:
@@ -47,27 +92,99 @@ class IndexVersion:
         return f"{self.collection}__docs"
 
     @property
+    def label(self) -> str:
+        """``name@vN``, as the CLI takes it."""
+        return f"{self.name}@v{self.version}"
+
+    @property
+    def vectors_version(self) -> int:
+        """The version number of the vectors topic this version's sink reads."""
+        return self.vectors_from or self.version
+
+    @property
     def spec(self) -> CollectionSpec:
         return CollectionSpec(self.dims, self.datatype, self.quantization)
 
+    def model_settings(self, base: ModelSettings) -> ModelSettings:
+        """``base`` (device, token budget: local choices) with this version's model."""
+        return base.model_copy(
+            update={
+                "name": self.model,
+                "query_prefix": self.query_prefix,
+                "document_prefix": self.document_prefix,
+                "max_seq_length": self.max_seq_length,
+            }
+        )
+
     def to_storage(self, matrix: Matrix) -> Matrix:
-        """Matryoshka truncation + renormalization; the datatype is Qdrant's to apply."""
-        if matrix.shape[1] == self.dims:
-            return matrix
-        cut = matrix[:, : self.dims]
-        norms = np.linalg.norm(cut, axis=1, keepdims=True)
-        normalized: Matrix = (cut / np.maximum(norms, 1e-12)).astype(np.float32)
-        return normalized
+        """Matryoshka truncation + renormalization, then uint8 codes if the datatype says
+        so (float16 and the quantization index are Qdrant's to apply)."""
+        stored = matrix
+        if matrix.shape[1] != self.dims:
+            cut = matrix[:, : self.dims]
+            norms = np.linalg.norm(cut, axis=1, keepdims=True)
+            stored = (cut / np.maximum(norms, 1e-12)).astype(np.float32)
+        if self.datatype == "uint8":
+            scaled = np.rint(stored * uint8_scale(self.dims))
+            codes: Matrix = (np.clip(scaled, -127, 127) + 128).astype(np.float32)
+            return codes
+        return stored
+
+    def similarity(self, score: float) -> float:
+        """The store's score as a cosine similarity (higher is better): uint8 collections
+        answer a Euclidean distance between codes, and on unit vectors |a - b|^2 = 2 - 2 cos."""
+        if self.spec.distance == "euclid":
+            return 1.0 - (score / uint8_scale(self.dims)) ** 2 / 2
+        return score
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def plan(cls, settings: IndexSettings, version: int, fingerprint: str, full_dims: int) -> IndexVersion:
+    def from_json(cls, raw: Mapping[str, Any]) -> IndexVersion:
+        """A stored spec; keys this build does not know are ignored (a newer writer)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    @classmethod
+    def plan(
+        cls,
+        settings: IndexSettings,
+        version: int,
+        fingerprint: str,
+        full_dims: int,
+        *,
+        model: ModelSettings | None = None,
+        chunking: tuple[int, int] = (0, 0),
+        vectors_from: int = 0,
+    ) -> IndexVersion:
+        """The version ``settings`` describe for a model of ``fingerprint`` and ``full_dims``;
+        ``model`` and ``chunking`` (tokens, overlap) are recorded when given."""
         dims = settings.dims or full_dims
         if dims > full_dims:
             raise ConfigError(f"index.dims={dims} exceeds the model's {full_dims} dimensions")
+        recorded = {} if model is None else _model_fields(model)
         return cls(
             settings.name, version, fingerprint, full_dims, dims, settings.datatype,
-            settings.quantization, settings.oversampling, settings.rescore,
+            settings.quantization, settings.oversampling, settings.rescore, **recorded,
+            chunk_tokens=chunking[0], overlap_tokens=chunking[1], vectors_from=vectors_from,
+            created_at=time.time(),
         )  # fmt: skip
+
+
+def _model_fields(model: ModelSettings) -> dict[str, Any]:
+    return {
+        "model": resolved_model_name(model.name),
+        "query_prefix": model.query_prefix,
+        "document_prefix": model.document_prefix,
+        "max_seq_length": model.max_seq_length,
+    }
+
+
+def resolved_model_name(name: str) -> str:
+    """A model directory as an absolute path (another process may run elsewhere), else as is."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
 
 
 def create_version(store: VectorStore, version: IndexVersion) -> None:
@@ -80,7 +197,7 @@ def create_version(store: VectorStore, version: IndexVersion) -> None:
     store.create_collection(version.collection, version.spec)
     crash_point("index.create_version")
     store.create_collection(version.docs_collection, CollectionSpec(dims=1))
-    payload = {DOC_KEY: _SPEC_KEY, "spec": asdict(version)}
+    payload = {DOC_KEY: _SPEC_KEY, "spec": version.to_json()}
     store.upsert(version.docs_collection, [PointWrite(doc_state_id(_SPEC_KEY), _UNIT, payload)])
     store.flush()
     ensure_alias(store, version)
@@ -98,7 +215,7 @@ def read_version(store: VectorStore, collection: str) -> IndexVersion | None:
         return None
     found = store.retrieve(docs, [doc_state_id(_SPEC_KEY)])
     payload = next(iter(found.values()), None)
-    return IndexVersion(**payload["spec"]) if payload else None
+    return IndexVersion.from_json(payload["spec"]) if payload else None
 
 
 def live_version(store: VectorStore, name: str) -> IndexVersion | None:
@@ -114,6 +231,44 @@ def versions(store: VectorStore, name: str) -> list[IndexVersion]:
             if version is not None:
                 found.append(version)
     return sorted(found, key=lambda v: v.version)
+
+
+def find_version(store: VectorStore, name: str, number: int) -> IndexVersion | None:
+    return read_version(store, f"{name}__v{number}")
+
+
+def drop_version(store: VectorStore, version: IndexVersion) -> None:
+    """Remove both collections; the docs collection (the spec) last, so a drop that dies
+    half-way leaves a version that is still known and can be dropped again."""
+    store.drop_collection(version.collection)
+    store.drop_collection(version.docs_collection)
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """What happened to a version since it was created (mutable, unlike its spec)."""
+
+    live_since: float | None = None  # when the alias last moved to it
+    unaliased_at: float | None = None  # when the alias last moved away from it
+    promoted_from: int | None = None  # the version the alias left for it: rollback's target
+    backfilled: tuple[str, ...] = ()  # embedded mode: sources replayed into it in full
+
+
+def read_lifecycle(store: VectorStore, version: IndexVersion) -> Lifecycle:
+    found = store.retrieve(version.docs_collection, [doc_state_id(_LIFECYCLE_KEY)])
+    payload = next(iter(found.values()), None)
+    if payload is None:
+        return Lifecycle()
+    raw = dict(payload.get("lifecycle") or {})
+    raw["backfilled"] = tuple(raw.get("backfilled") or ())
+    known = {f.name for f in dataclasses.fields(Lifecycle)}
+    return Lifecycle(**{k: v for k, v in raw.items() if k in known})
+
+
+def write_lifecycle(store: VectorStore, version: IndexVersion, lifecycle: Lifecycle) -> None:
+    payload = {DOC_KEY: _LIFECYCLE_KEY, "lifecycle": asdict(lifecycle)}
+    store.upsert(version.docs_collection, [PointWrite(doc_state_id(_LIFECYCLE_KEY), _UNIT, payload)])
+    store.flush()
 
 
 class DocStates:

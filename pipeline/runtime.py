@@ -22,14 +22,16 @@ from pipeline.encoder import Encoder
 from pipeline.errors import Refused
 from pipeline.events import ChangeEvent
 from pipeline.faults import crash_point
+from pipeline.index import IndexVersion
 from pipeline.observe import Observer
 from pipeline.settings import Settings
 from pipeline.sources import Change, PassReport, Source
 from pipeline.stages import Stage
 from pipeline.stages.embed import EmbedStage
-from pipeline.stages.sink import SinkStage
+from pipeline.stages.sink import PlanVersion, SinkStage
 from pipeline.store import VectorStore
 from pipeline.topics import Topics
+from pipeline.version_models import VersionEncoders
 from pipeline.worker import Health, Worker
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class Runtime:
         self._encoder = encoder
         self._cache = cache
         self._store = store
+        self._encoders: VersionEncoders | None = None
         self._owned: list[_Closeable] = []
 
     @property
@@ -72,6 +75,13 @@ class Runtime:
         if self._encoder is None:
             self._encoder = make_encoder(self.settings)
         return self._encoder
+
+    @property
+    def encoders(self) -> VersionEncoders:
+        """Each index version's own encoder and chunker (a migration feeds several models)."""
+        if self._encoders is None:
+            self._encoders = VersionEncoders(self.settings, self.encoder)
+        return self._encoders
 
     @property
     def cache(self) -> EmbeddingCache:
@@ -98,6 +108,8 @@ class Runtime:
             TopicSpec(topics.changes, kafka.partitions, kafka.replication, compacted=True),
             TopicSpec(topics.vectors(self.settings.index.name, version), kafka.partitions, kafka.replication),
             TopicSpec(topics.dlq, kafka.partitions, kafka.replication, compacted=False),
+            # The index versions' specs: one small compacted table (pipeline/registry.py).
+            TopicSpec(topics.versions, 1, kafka.replication, compacted=True),
         ]
 
     def group_id(self, stage: str, version: int) -> str:
@@ -109,15 +121,25 @@ class Runtime:
             return self.topics.changes
         return self.topics.vectors(self.settings.index.name, version)
 
-    def embed_stage(self, version: int) -> EmbedStage:
-        encoder = self.encoder
+    def embed_stage(
+        self, version: int, spec: IndexVersion | None = None, observer: Observer | None = None
+    ) -> EmbedStage:
+        """With ``spec``, the version's own model and chunker (else the settings')."""
+        encoder = self.encoder if spec is None else self.encoders.for_version(spec)
+        chunker = make_chunker(encoder, self.settings) if spec is None else self.encoders.chunker_for(spec)
+        vectors = self.topics.vectors(self.settings.index.name, version)
         return EmbedStage(
-            encoder, self.cache, make_chunker(encoder, self.settings), self.settings.limits,
-            self.topics.vectors(self.settings.index.name, version), self.topics.dlq, self.observer,
+            encoder, self.cache, chunker, self.settings.limits, vectors, self.topics.dlq,
+            observer or self.observer,
         )  # fmt: skip
 
-    def sink_stage(self, version: int) -> SinkStage:
-        return SinkStage(self.store, self.settings.index, version, self.topics.dlq, self.observer)
+    def sink_stage(
+        self, version: int, plan: PlanVersion | None = None, observer: Observer | None = None
+    ) -> SinkStage:
+        """``plan``: the spec a version the sink must create gets (default: the settings')."""
+        return SinkStage(
+            self.store, self.settings.index, version, self.topics.dlq, observer or self.observer, plan
+        )
 
     def worker(
         self,

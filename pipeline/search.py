@@ -9,6 +9,7 @@ no more matches. Written over the ``VectorStore`` port, an :class:`IndexVersion`
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -107,7 +108,8 @@ def _fetch(
             oversampling=version.oversampling, rescore=version.rescore,
         )  # fmt: skip
         found = store.search(version.collection, vector, options)
-        hits.extend(found)
+        # As cosine similarities, whatever the collection compares (uint8: distances).
+        hits.extend(dataclasses.replace(hit, score=version.similarity(hit.score)) for hit in found)
         exhausted = exhausted and len(found) < limit
     hits.sort(key=lambda hit: -hit.score)  # stable: ties keep the store's order
     return hits, exhausted

@@ -80,10 +80,19 @@ class LimitsSettings(BaseModel):
 class IndexSettings(BaseModel):
     name: str = Field("docs", pattern=r"^[A-Za-z0-9_-]+$", description="Alias queried by search")
     dims: int | None = Field(None, ge=8, description="Matryoshka truncation (None = full)")
-    datatype: Literal["float32", "float16"] = "float32"
-    quantization: Literal["none", "int8", "binary"] = "int8"
+    datatype: Literal["float32", "float16", "uint8"] = "float32"
+    quantization: Literal["none", "int8", "binary", "product"] = "int8"
     oversampling: float = Field(2.0, ge=1.0)
     rescore: bool = True
+    # What `migrate promote` checks a new version against (BEIR format, see `embedstream eval`).
+    eval_queries: Path | None = Field(None, description="BEIR queries.jsonl that gates `migrate promote`")
+    eval_qrels: Path | None = Field(None, description="BEIR qrels .tsv judging eval_queries")
+    eval_margin: float = Field(
+        0.01, ge=0.0, le=1.0, description="Largest relative nDCG@10 loss vs the live version promote accepts"
+    )
+    gc_retention_hours: float = Field(
+        24.0, ge=0.0, description="`migrate gc` drops versions unaliased at least this long ago"
+    )
 
 
 class StoreSettings(BaseModel):

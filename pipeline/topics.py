@@ -1,4 +1,5 @@
-"""Topic names, in one place: ``<prefix>.changes``, ``<prefix>.vectors.<index>-v<N>``, ``<prefix>.dlq``."""
+"""Topic names, in one place: ``<prefix>.changes``, ``<prefix>.vectors.<index>-v<N>``, ``<prefix>.dlq``,
+``<prefix>.versions``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ class Topics:
     @property
     def dlq(self) -> str:
         return f"{self.prefix}.dlq"
+
+    @property
+    def versions(self) -> str:
+        """The compacted control topic of index versions (key ``<index>/v<N>``)."""
+        return f"{self.prefix}.versions"
 
     def vectors(self, index: str, version: int) -> str:
         return f"{self.prefix}.vectors.{index}-v{version}"

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -184,6 +185,51 @@ class KafkaBus:
     def list_topics(self) -> list[str]:
         with self._translated("list topics"):
             return sorted(self._admin().list_topics())
+
+    def read_all(self, topic: str) -> list[Record]:
+        """Every record ``topic`` holds now, partition by partition, without a consumer group
+        (a small compacted table read whole: no join, no offsets left behind)."""
+        with self._translated(f"read {topic}"):
+            consumer = _build(KafkaConsumer, **self._common_configs(), enable_auto_commit=False)
+            try:
+                partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+                consumer.assign(partitions)
+                consumer.seek_to_beginning(*partitions)
+                ends = consumer.end_offsets(partitions)
+                found: list[Record] = []
+                deadline = time.monotonic() + self._timeouts.request_ms / 1000
+                while any(consumer.position(tp) < ends[tp] for tp in partitions):
+                    if time.monotonic() > deadline:
+                        raise BusUnavailable(f"{topic} could not be read to its end in time")
+                    batches = consumer.poll(timeout_ms=500)
+                    found.extend(_record(raw) for tp in sorted(batches) for raw in batches[tp])
+                return found
+            finally:
+                consumer.close()
+
+    def group_lag(self, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+        """Records of ``topics`` that ``group`` has not committed, per partition, seen from
+        outside the group (joining it would rebalance its workers). A partition the group
+        never committed counts from the start of its log, as a new member would read it."""
+        with self._translated("group lag"):
+            found = self._admin().list_group_offsets({group: None}).get(group, {})
+            committed = {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
+            consumer = _build(KafkaConsumer, **self._common_configs(), enable_auto_commit=False)
+            try:
+                partitions = [
+                    TopicPartition(topic, p)
+                    for topic in topics
+                    for p in consumer.partitions_for_topic(topic) or ()
+                ]
+                ends = consumer.end_offsets(partitions)
+                starts = consumer.beginning_offsets(partitions)
+            finally:
+                consumer.close()
+        lag = {}
+        for tp in partitions:
+            done = committed.get((tp.topic, tp.partition), -1)
+            lag[(tp.topic, tp.partition)] = ends[tp] - max(done, starts[tp])
+        return lag
 
     def _topic_options(self, spec: TopicSpec) -> dict[str, Any]:
         configs = {MAX_MESSAGE_BYTES: str(self._max_message_bytes)}

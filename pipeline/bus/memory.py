@@ -100,6 +100,14 @@ class InMemoryBus:
         with self._changed:
             self._committed[group].update(next_offsets(records))
 
+    def read_all(self, topic: str) -> list[Record]:
+        """What :meth:`pipeline.bus.kafka.KafkaBus.read_all` answers: the whole retained log."""
+        return self.records(topic)
+
+    def group_lag(self, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+        """What :meth:`pipeline.bus.kafka.KafkaBus.group_lag` answers: ``group``'s lag from outside."""
+        return self.lag(group, topics)
+
     def lag(self, group: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
         with self._changed:
             return {

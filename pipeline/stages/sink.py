@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from pipeline.bus import Outgoing, Record
-from pipeline.errors import InvalidVectors, PoisonError, StoreRejected
+from pipeline.errors import ForeignModel, InvalidVectors, PoisonError, StoreRejected
 from pipeline.events import VectorsEvent
 from pipeline.faults import crash_point
 from pipeline.index import DocStates, IndexVersion, create_version, ensure_alias, read_version
@@ -29,6 +30,10 @@ from pipeline.stages import dead_letter
 from pipeline.store import DOC_KEY, VERSION, PointWrite, Sweep, VectorStore
 
 log = logging.getLogger(__name__)
+
+#: The spec of a version the sink creates, from the first event's model fingerprint and
+#: vector size: the registered spec (Kafka), or the settings' plan.
+PlanVersion = Callable[[str, int], IndexVersion]
 
 
 class SinkStage:
@@ -41,17 +46,32 @@ class SinkStage:
         version: int,
         dlq_topic: str,
         observer: Observer,
+        plan: PlanVersion | None = None,
     ) -> None:
         self._store = store
         self._index = index
         self._version_number = version
         self._dlq_topic = dlq_topic
         self._observer = observer
+        self._plan = plan
         self._version: IndexVersion | None = None
+        self._foreign: Counter[str] = Counter()  # fingerprint -> events dead-lettered
 
     @property
     def version(self) -> IndexVersion | None:
         return self._version
+
+    def problem(self) -> str | None:
+        """Why this sink is not doing its job although it runs (for /readyz), or None."""
+        if not self._foreign or self._version is None:
+            return None
+        seen = ", ".join(f"{n} from {fingerprint}" for fingerprint, n in self._foreign.most_common(3))
+        return (
+            f"vectors of another model reach {self._version.collection}, which holds "
+            f"{self._version.fingerprint} ({seen} dead-lettered): an embed worker runs another model. "
+            f"Stop it; to change the model use `embedstream migrate start {self._version.name} --model ...`, "
+            "then `embedstream dlq replay --reason foreign_model` for the letters"
+        )
 
     def handle(self, records: Sequence[Record]) -> list[Outgoing]:
         out: list[Outgoing] = []
@@ -82,6 +102,8 @@ class SinkStage:
         return out
 
     def _dead_letter(self, record: Record, error: PoisonError) -> Outgoing:
+        if isinstance(error, ForeignModel):
+            self._foreign[error.fingerprint] += 1
         self._observer.dead_lettered(self.name, error.reason)
         return dead_letter(record, error, self.name, self._dlq_topic)
 
@@ -103,8 +125,11 @@ class SinkStage:
                 if event.op != "upsert" or not event.chunks:
                     return None
                 # The vector dimension comes from the encoder's output, never configured twice.
-                found = IndexVersion.plan(
-                    self._index, self._version_number, event.fingerprint, event.vectors.shape[1]
+                dims = event.vectors.shape[1]
+                found = (
+                    self._plan(event.fingerprint, dims)
+                    if self._plan is not None
+                    else IndexVersion.plan(self._index, self._version_number, event.fingerprint, dims)
                 )
                 create_version(self._store, found)
                 log.info("created index version %s", found.collection)
@@ -166,7 +191,8 @@ def _sweep_for(key: str, state: DocState | None) -> Sweep | None:
 def _check_vectors(event: VectorsEvent, version: IndexVersion) -> None:
     if event.fingerprint != version.fingerprint:
         held = version.fingerprint
-        raise InvalidVectors(f"vectors from model {event.fingerprint}, but {version.collection} holds {held}")
+        message = f"vectors from model {event.fingerprint}, but {version.collection} holds {held}"
+        raise ForeignModel(message, fingerprint=event.fingerprint)
     if event.vectors.shape != (len(event.chunks), version.full_dims):
         raise InvalidVectors(
             f"vectors of shape {event.vectors.shape}, expected ({len(event.chunks)}, {version.full_dims})"

@@ -39,11 +39,27 @@ def with_version_parts(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, VERSION_HI: high, VERSION_LO: low}
 
 
+Datatype = Literal["float32", "float16", "uint8"]
+Quantization = Literal["none", "int8", "binary", "product"]
+
+
 @dataclass(frozen=True)
 class CollectionSpec:
+    """A collection's vectors: size, storage datatype, quantization index.
+
+    ``uint8`` vectors are integer codes 0..255 (the index version encodes them), and the
+    collection compares them by Euclidean distance: a shift of every component by the same
+    offset leaves distances unchanged, so on unit vectors the ranking is the cosine's, where
+    a cosine of shifted codes would not be. ``product`` quantization compresses x16.
+    """
+
     dims: int
-    datatype: Literal["float32", "float16"] = "float32"
-    quantization: Literal["none", "int8", "binary"] = "none"
+    datatype: Datatype = "float32"
+    quantization: Quantization = "none"
+
+    @property
+    def distance(self) -> Literal["cosine", "euclid"]:
+        return "euclid" if self.datatype == "uint8" else "cosine"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,12 @@ from pipeline.store import (
 #: New points after which flush() runs the optimizer (a few seconds of indexing at most).
 OPTIMIZE_EVERY = 20_000
 INDEXING_THRESHOLD_KB = 10_000
-_DATATYPES = {"float32": qe.VectorStorageDatatype.Float32, "float16": qe.VectorStorageDatatype.Float16}
+_DATATYPES = {
+    "float32": qe.VectorStorageDatatype.Float32,
+    "float16": qe.VectorStorageDatatype.Float16,
+    "uint8": qe.VectorStorageDatatype.Uint8,
+}
+_DISTANCES = {"cosine": qe.Distance.Cosine, "euclid": qe.Distance.Euclid}
 
 
 class EdgeStore:
@@ -241,9 +246,11 @@ def _config(spec: CollectionSpec) -> qe.EdgeConfig:
         quantization = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
     elif spec.quantization == "binary":
         quantization = qe.BinaryQuantizationConfig(always_ram=True)
+    elif spec.quantization == "product":
+        quantization = qe.ProductQuantizationConfig(compression=qe.CompressionRatio.X16, always_ram=True)
     params = qe.EdgeVectorParams(
         size=spec.dims,
-        distance=qe.Distance.Cosine,
+        distance=_DISTANCES[spec.distance],
         datatype=_DATATYPES[spec.datatype],
         quantization_config=quantization,
     )

@@ -22,7 +22,7 @@ import ssl
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from qdrant_client import QdrantClient
@@ -44,6 +44,7 @@ from pipeline.store import (
     VERSION_HI,
     VERSION_LO,
     CollectionSpec,
+    Datatype,
     Hit,
     PointWrite,
     Scalar,
@@ -56,7 +57,12 @@ from pipeline.store import (
 
 T = TypeVar("T")
 Item = TypeVar("Item")
-_DATATYPES = {"float32": qm.Datatype.FLOAT32, "float16": qm.Datatype.FLOAT16}
+_DATATYPES: dict[Datatype, qm.Datatype] = {
+    "float32": qm.Datatype.FLOAT32,
+    "float16": qm.Datatype.FLOAT16,
+    "uint8": qm.Datatype.UINT8,
+}
+_DISTANCES = {"cosine": qm.Distance.COSINE, "euclid": qm.Distance.EUCLID}
 #: Default bound on one write request's JSON body: a quarter of Qdrant's default limit.
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 #: JSON bytes of one vector component at most (``-1.2345678901234567e-05,``).
@@ -143,7 +149,7 @@ class ServerStore:
     def _create(self, name: str, spec: CollectionSpec) -> bool:
         """Create the collection; False when another process created it first (409)."""
         vectors = qm.VectorParams(
-            size=spec.dims, distance=qm.Distance.COSINE, datatype=_DATATYPES[spec.datatype]
+            size=spec.dims, distance=_DISTANCES[spec.distance], datatype=_DATATYPES[spec.datatype]
         )
         try:
             self._call(
@@ -371,6 +377,10 @@ def _quantization(spec: CollectionSpec) -> Any:
         )
     if spec.quantization == "binary":
         return qm.BinaryQuantization(binary=qm.BinaryQuantizationConfig(always_ram=True))
+    if spec.quantization == "product":
+        return qm.ProductQuantization(
+            product=qm.ProductQuantizationConfig(compression=qm.CompressionRatio.X16, always_ram=True)
+        )
     return None
 
 
@@ -474,11 +484,16 @@ def _spec_of(info: Any) -> CollectionSpec:
         return CollectionSpec(int(vectors.size), _datatype_of(vectors), "int8")
     if isinstance(quantization, qm.BinaryQuantization):
         return CollectionSpec(int(vectors.size), _datatype_of(vectors), "binary")
+    if isinstance(quantization, qm.ProductQuantization):
+        return CollectionSpec(int(vectors.size), _datatype_of(vectors), "product")
     return CollectionSpec(int(vectors.size), _datatype_of(vectors), "none")
 
 
-def _datatype_of(vectors: Any) -> Literal["float32", "float16"]:
-    return "float16" if vectors.datatype == qm.Datatype.FLOAT16 else "float32"
+def _datatype_of(vectors: Any) -> Datatype:
+    for name, datatype in _DATATYPES.items():
+        if vectors.datatype == datatype:
+            return name
+    return "float32"  # no datatype reported: the server's default
 
 
 def _describe(spec: CollectionSpec) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from pipeline.migrating import (
     rollback,
     version_states,
 )
-from pipeline.migrations import GcChoice, VersionState, next_number, plan_version
+from pipeline.migrations import GcChoice, VersionState, gc_choice, next_number, plan_version
 from pipeline.observe import NullObserver
 from pipeline.registry import forget_version, publish_version, read_versions
 from pipeline.runtime import Runtime
@@ -281,15 +282,22 @@ def rollback_version(admin: Admin, to: int | None) -> Swap:
 
 
 def gc(admin: Admin, abandon: Sequence[int], *, dry_run: bool) -> GcChoice:
+    """Drop old versions' collections; with Kafka also their specs (a tombstone in the control
+    topic) and vectors topics, unless a remaining version still reads those vectors (a
+    rebuild): then its embed workers keep running, checked against the spec they keep."""
     retention_s = admin.settings.index.gc_retention_hours * 3600
-    kafka = admin.kafka
+    found = _states(admin)
+    kafka, topics = admin.kafka, admin.runtime.topics
+    gone = {v.version for v in gc_choice(found, time.time(), retention_s, abandon).drop}
+    still_read = {s.version.vectors_version for s in found if s.version.version not in gone}
 
     def forget(version: IndexVersion) -> None:
-        if kafka is not None:
-            forget_version(kafka, admin.runtime.topics, version)
+        if kafka is not None and version.version not in still_read:
+            forget_version(kafka, topics, version)
+            kafka.delete_topics([topics.vectors(admin.name, version.version)])
 
-    found = _states(admin)
-    return collect_garbage(admin.store, found, retention_s, abandon=abandon, dry_run=dry_run, on_drop=forget)
+    store = admin.store
+    return collect_garbage(store, found, retention_s, abandon=abandon, dry_run=dry_run, on_drop=forget)
 
 
 # --------------------------------------------------------------------------- listing and eval

@@ -20,7 +20,15 @@ from pipeline.errors import ConfigError
 from pipeline.events import ChangeEvent
 from pipeline.hashing import normalize_text
 from pipeline.index import find_version, live_version
-from pipeline.migration_modes import Admin, StorageChoice, promote_version, rollback_version, start, states
+from pipeline.migration_modes import (
+    Admin,
+    StorageChoice,
+    gc,
+    promote_version,
+    rollback_version,
+    start,
+    states,
+)
 from pipeline.observe import NullObserver
 from pipeline.registry import embed_version, read_versions, sink_planner
 from pipeline.runtime import Runtime
@@ -165,6 +173,11 @@ def test_an_int8_rebuild_from_the_vectors_topic_encodes_nothing(deployment, eval
     assert (swap.before.version, swap.after.version) == (1, 2)  # type: ignore[union-attr]
     assert live_version(runtime.store, "docs").version == 2  # type: ignore[union-attr]
 
+    gc(without_retention(admin), [], dry_run=False)
+    assert find_version(runtime.store, "docs", 1) is None  # v1's collection is gone, but v2
+    assert 1 in read_versions(bus, runtime.topics, "docs")  # reads its vectors: its embed
+    assert runtime.topics.vectors("docs", 1) in bus.list_topics()  # workers and topic stay
+
 
 def test_a_model_migration_backfills_from_the_changes_topic_while_edits_arrive(
     deployment, eval_files, other_tiny_model
@@ -206,3 +219,14 @@ def test_a_model_migration_backfills_from_the_changes_topic_while_edits_arrive(
     rollback_version(admin, None)
     assert live_version(runtime.store, "docs").version == 1  # type: ignore[union-attr]
     deployment.assert_exact(runtime, 1)
+
+    deployment.workers = deployment.workers[:2]  # v2's daemons stopped before gc
+    gc(without_retention(admin), [], dry_run=False)
+    assert find_version(runtime.store, "docs", 2) is None
+    assert 2 not in read_versions(bus, runtime.topics, "docs")
+    assert runtime.topics.vectors("docs", 2) not in bus.list_topics()
+
+
+def without_retention(admin: Admin) -> Admin:
+    index = admin.settings.index.model_copy(update={"gc_retention_hours": 0.0})
+    return Admin(admin.settings.model_copy(update={"index": index}), admin.runtime, admin.kafka)

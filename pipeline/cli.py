@@ -37,6 +37,27 @@ from rich.progress import (
 from rich.table import Table
 
 from pipeline import logs
+from pipeline.cli_sources import (
+    ConnectorNameOpt,
+    CursorOpt,
+    DaemonSqlUrlOpt,
+    DebeziumOptions,
+    DeletedColumnOpt,
+    JsonlOpt,
+    KeyColumnOpt,
+    KeyDiffOpt,
+    LookbackOpt,
+    MetadataOpt,
+    QueryOpt,
+    RowOptions,
+    SqlOptions,
+    SqlUrlOpt,
+    TableOpt,
+    TextOpt,
+    debezium_source,
+    jsonl_source,
+    sql_source,
+)
 from pipeline.embedded import EmbeddedPipeline
 from pipeline.errors import (
     AuthenticationFailed,
@@ -111,8 +132,6 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # Flags of the main callback (--log-level, --strict), for load_settings to pass on.
 _GLOBAL_FLAGS: ContextVar[tuple[Override, ...]] = ContextVar("embedstream_global_flags", default=())
-# --config given before the command (`embedstream --config f.toml index ...`).
-_GLOBAL_CONFIG: ContextVar[Path | None] = ContextVar("embedstream_global_config", default=None)
 
 
 def load_settings(
@@ -133,7 +152,7 @@ def load_settings(
         *_flag("model.name", model, "--model", "EMBEDSTREAM_MODEL__NAME"),
         *flags,
     ]
-    settings = Settings.load(config or _GLOBAL_CONFIG.get(), flags=given, known_env=_cli_env_vars())
+    settings = Settings.load(config, flags=given, known_env=_cli_env_vars())
     logs.configure(settings.log_level)
     return settings
 
@@ -231,20 +250,8 @@ def main_callback(
             "--version", metavar="", help="Print the version and exit.", callback=_show_version, is_eager=True
         ),
     ] = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    model: ModelOpt = None,
 ) -> None:
-    """The options shared by every command may also come before it:
-    `embedstream --state-dir S index PATH` is `embedstream index PATH --state-dir S`
-    (given in both places, the one after the command wins)."""
-    flags = [
-        *_flag("state_dir", state_dir, "--state-dir", "EMBEDSTREAM_STATE_DIR"),
-        *_flag("index.name", index_name, "--index", "EMBEDSTREAM_INDEX__NAME"),
-        *_flag("model.name", model, "--model", "EMBEDSTREAM_MODEL__NAME"),
-    ]
-    _GLOBAL_CONFIG.set(config)
+    flags = []
     if log_level is not None and _on_command_line(ctx, "log_level"):
         flags.append(Override("log_level", log_level, "flag --log-level"))
     if strict and _on_command_line(ctx, "strict"):
@@ -307,36 +314,73 @@ FollowLinksOpt = Annotated[
 
 @app.command()
 def index(
-    path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
-    source: SourceNameOpt = "fs",
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="Directory of documents (or --sql-url, --jsonl).", exists=True, file_okay=False),
+    ] = None,
+    source: ConnectorNameOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     rebind: RebindOpt = False,
     allow_mass_delete: MassDeleteOpt = False,
     follow_symlinks: FollowLinksOpt = False,
+    sql_url: SqlUrlOpt = None,
+    table: TableOpt = None,
+    query: QueryOpt = None,
+    key: KeyColumnOpt = "id",
+    version: CursorOpt = None,
+    lookback: LookbackOpt = 60.0,
+    key_diff_every: KeyDiffOpt = None,
+    text: TextOpt = None,
+    metadata: MetadataOpt = None,
+    deleted_column: DeletedColumnOpt = None,
+    jsonl: JsonlOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateOpt = None,
     index_name: IndexOpt = None,
     model: ModelOpt = None,
 ) -> None:
-    """Index PATH once: new, changed and deleted files; unchanged text is never re-encoded."""
+    """Index PATH, a table (--sql-url) or change events (--jsonl) once; unchanged text is never re-encoded."""
+    given = [name for name, value in (("PATH", path), ("--sql-url", sql_url), ("--jsonl", jsonl)) if value]
+    if len(given) != 1:
+        shown = " and ".join(given) or "none"
+        raise typer.BadParameter(f"give one of PATH, --sql-url and --jsonl, not {shown}")
+    rows = RowOptions(text, metadata, deleted_column)
+    invalid: list[Any] = []  # the JSON lines source's reported lines
 
     def action() -> Any:
         from pipeline.indexer import index_source
 
         settings = load_settings(config, state_dir, index_name, model)
-        fs = FsOptions(path, source, include, exclude, follow_symlinks, rebind)
+        home = settings.state_dir / "indexes" / settings.index.name
         with EmbeddedPipeline(settings) as pipeline, _progress(enabled=not as_json) as progress:
-            src = _embedded_source(fs, settings)
-            return index_source(pipeline, src, progress, allow_mass_delete=allow_mass_delete)
+            if sql_url:
+                every = key_diff_every or 0.0  # one pass: look for hard deletes every time
+                sql = SqlOptions(sql_url, table, query, key, version, rows, lookback, every, source, rebind)
+                src: Any = sql_source(sql, settings, home)
+            elif jsonl:
+                src = jsonl_source(jsonl, source, settings, home)
+            else:
+                assert path is not None
+                fs = FsOptions(path, source or "fs", include, exclude, follow_symlinks, rebind)
+                src = _embedded_source(fs, settings)
+            try:
+                return index_source(pipeline, src, progress, allow_mass_delete=allow_mass_delete)
+            finally:
+                invalid.extend(getattr(src, "invalid", []))
+                getattr(src, "close", lambda: None)()
 
     summary = run(action)
     if as_json:
-        out.print_json(json.dumps(summary.as_json()))
+        extra = {"invalid_lines": [line.as_json() for line in invalid]} if jsonl else {}
+        out.print_json(json.dumps(summary.as_json() | extra))
         return
-    out.print(f"[bold]indexed[/] {escape(str(path))} in {summary.seconds:.1f}s  " + _summary_line(summary))
+    label = (sql_url and (table or "query")) or jsonl or path
+    out.print(f"[bold]indexed[/] {escape(str(label))} in {summary.seconds:.1f}s  " + _summary_line(summary))
     _print_details(summary)
+    for line in invalid:
+        out.print(f"[yellow]invalid line {line.line}[/]: {escape(line.error)} (dead-lettered)")
 
 
 def _summary_line(summary: Any) -> str:
@@ -608,6 +652,74 @@ def source_fs(
     run_daemon(settings, lambda stop: run_source(settings, src, stop, interval))
 
 
+@source_app.command("sql")
+def source_sql(
+    url: DaemonSqlUrlOpt,
+    table: TableOpt = None,
+    query: QueryOpt = None,
+    key: KeyColumnOpt = "id",
+    version: CursorOpt = None,
+    text: TextOpt = None,
+    metadata: MetadataOpt = None,
+    deleted_column: DeletedColumnOpt = None,
+    lookback: LookbackOpt = 60.0,
+    key_diff_every: KeyDiffOpt = 300.0,
+    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between polls.")] = 2.0,
+    source: ConnectorNameOpt = None,
+    rebind: RebindOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    http: HttpOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Publish a table's new, changed and deleted rows to <prefix>.changes, forever."""
+    from pipeline.daemons import run_source
+
+    settings = run(lambda: daemon_settings(config, state_dir, None, None, http, bootstrap))
+    rows = RowOptions(text, metadata, deleted_column)
+    sql = SqlOptions(url, table, query, key, version, rows, lookback, key_diff_every, source, rebind)
+    src = run(lambda: sql_source(sql, settings, settings.state_dir / "sources"))
+    try:
+        run_daemon(settings, lambda stop: run_source(settings, src, stop, interval))
+    finally:
+        src.close()
+
+
+@source_app.command("debezium")
+def source_debezium(
+    topic: Annotated[
+        list[str], typer.Option("--topic", metavar="TOPIC", help="Debezium change topic (repeatable).")
+    ],
+    text: TextOpt = None,
+    key: Annotated[
+        str | None, typer.Option("--key", metavar="COLUMN", help="Id column (default: the record key).")
+    ] = None,
+    metadata: MetadataOpt = None,
+    deleted_column: DeletedColumnOpt = None,
+    group: Annotated[
+        str | None, typer.Option(metavar="GROUP", help="Consumer group (default <prefix>.debezium.NAME).")
+    ] = None,
+    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Pause between passes.")] = 0.0,
+    source: ConnectorNameOpt = None,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    http: HttpOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Turn Debezium change topics into change events on <prefix>.changes, forever; offsets
+    move only once the changes are published."""
+    from pipeline.daemons import run_source
+
+    settings = run(lambda: daemon_settings(config, state_dir, None, None, http, bootstrap))
+    options = DebeziumOptions(topic, group, key, RowOptions(text, metadata, deleted_column), source)
+    with _kafka(settings) as (bus, _topics):
+        src = run(lambda: debezium_source(options, settings, bus, settings.state_dir / "sources"))
+        try:
+            run_daemon(settings, lambda stop: run_source(settings, src, stop, interval))
+        finally:
+            src.close()
+
+
 @app.command()
 def embed(
     version: VersionOpt = 1,
@@ -643,33 +755,17 @@ def sink(
 
 @dlq_app.command("list")
 def dlq_list(
-    limit: Annotated[int, typer.Option(metavar="N", help="At most this many entries.")] = 100,
-    local: Annotated[
-        bool,
-        typer.Option(
-            "--local",
-            metavar="",
-            help="Read the embedded mode's log in the state dir, even if Kafka is configured.",
-        ),
-    ] = False,
+    limit: Annotated[int, typer.Option(help="At most this many entries.")] = 100,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
-    state_dir: StateOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:
-    """Show dead-lettered events: key, reason, message, where they came from.
-
-    Without Kafka configured (no --bootstrap, EMBEDSTREAM_KAFKA__BOOTSTRAP or kafka.bootstrap),
-    this lists the embedded mode's local dead-letter log (state_dir/dlq.jsonl)."""
+    """Show dead-lettered events: key, reason, message, where they came from."""
 
     def action() -> list[dict[str, str]]:
-        from pipeline.dlq import LocalDeadLetters, read_dead_letters
+        from pipeline.dlq import read_dead_letters
 
-        settings = daemon_settings(config, state_dir, None, None, None, bootstrap)
-        if local or "bootstrap" not in settings.kafka.model_fields_set:
-            return [
-                letter.as_json() for letter in LocalDeadLetters(settings.state_dir / "dlq.jsonl").read(limit)
-            ]
+        settings = daemon_settings(config, None, None, None, None, bootstrap)
         with _kafka(settings) as (bus, topics):
             return [letter.as_json() for letter in read_dead_letters(bus, topics, limit)]
 
@@ -680,10 +776,10 @@ def dlq_list(
     if not letters:
         out.print("the DLQ is empty")
     for letter in letters:
-        where = f"{letter['original_topic']}[{letter['original_partition']}]@{letter['original_offset']}"
         out.print(
-            f"[bold]{escape(letter['key'][:200])}[/] {letter['reason']} in {letter['stage']} "
-            f"({escape(where)}): {escape(letter['message'])}"
+            f"[bold]{letter['key']}[/] {letter['reason']} in {letter['stage']} "
+            f"({letter['original_topic']}[{letter['original_partition']}]@{letter['original_offset']}): "
+            f"{letter['message']}"
         )
 
 

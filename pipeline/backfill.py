@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 SLICE = 64  # as a normal pass: documents per embed batch
 
+Progress = Callable[[float, int | None], None]  # (documents done, total if known)
+
 
 @dataclass(frozen=True)
 class Backfilled:
@@ -63,17 +65,23 @@ def pending_versions(pipeline: EmbeddedPipeline, source: str) -> list[int]:
 
 
 def backfill_source(
-    pipeline: EmbeddedPipeline, source_name: str, source_at: Callable[[Path], Source]
+    pipeline: EmbeddedPipeline,
+    source_name: str,
+    source_at: Callable[[Path], Source],
+    progress: Progress | None = None,
 ) -> list[Backfilled]:
     """Replay the source named ``source_name`` into each version that still lacks it;
-    ``source_at(home)`` builds that source with its checkpoint and bindings under ``home``."""
+    ``source_at(home)`` builds that source with its checkpoint and bindings under ``home``.
+    ``progress`` hears (documents done, total) after each slice (a progress bar)."""
     done = []
     for number in pending_versions(pipeline, source_name):
         stats = pipeline.version_stats(number)
         encoded_before = stats.encoded
         source = source_at(scratch_home(pipeline.settings, number))
+        on_slice = _counter(progress, source.estimate() if progress else None)
         try:
-            result = run_source_pass(source, partial(pipeline.backfill, number), slice_size=SLICE)
+            deliver = partial(pipeline.backfill, number)
+            result = run_source_pass(source, deliver, slice_size=SLICE, on_slice=on_slice)
         finally:
             getattr(source, "close", lambda: None)()  # a database source holds a connection
         with pipeline.locked():
@@ -85,3 +93,17 @@ def backfill_source(
         log.info("backfilled %s from %s: %d documents", label, source_name, result.published)
         done.append(Backfilled(label, source_name, result.published, stats.encoded - encoded_before))
     return done
+
+
+def _counter(progress: Progress | None, total: int | None) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    done = 0
+    progress(0, total)
+
+    def slice_done(size: int) -> None:
+        nonlocal done
+        done += size
+        progress(done, total)
+
+    return slice_done

@@ -132,6 +132,8 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # Flags of the main callback (--log-level, --strict), for load_settings to pass on.
 _GLOBAL_FLAGS: ContextVar[tuple[Override, ...]] = ContextVar("embedstream_global_flags", default=())
+# --config given before the command (`embedstream --config f.toml index ...`).
+_GLOBAL_CONFIG: ContextVar[Path | None] = ContextVar("embedstream_global_config", default=None)
 
 
 def load_settings(
@@ -152,7 +154,7 @@ def load_settings(
         *_flag("model.name", model, "--model", "EMBEDSTREAM_MODEL__NAME"),
         *flags,
     ]
-    settings = Settings.load(config, flags=given, known_env=_cli_env_vars())
+    settings = Settings.load(config or _GLOBAL_CONFIG.get(), flags=given, known_env=_cli_env_vars())
     logs.configure(settings.log_level)
     return settings
 
@@ -250,8 +252,20 @@ def main_callback(
             "--version", metavar="", help="Print the version and exit.", callback=_show_version, is_eager=True
         ),
     ] = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    model: ModelOpt = None,
 ) -> None:
-    flags = []
+    """The options shared by every command may also come before it:
+    `embedstream --state-dir S index PATH` is `embedstream index PATH --state-dir S`
+    (given in both places, the one after the command wins)."""
+    flags = [
+        *_flag("state_dir", state_dir, "--state-dir", "EMBEDSTREAM_STATE_DIR"),
+        *_flag("index.name", index_name, "--index", "EMBEDSTREAM_INDEX__NAME"),
+        *_flag("model.name", model, "--model", "EMBEDSTREAM_MODEL__NAME"),
+    ]
+    _GLOBAL_CONFIG.set(config)
     if log_level is not None and _on_command_line(ctx, "log_level"):
         flags.append(Override("log_level", log_level, "flag --log-level"))
     if strict and _on_command_line(ctx, "strict"):
@@ -755,17 +769,33 @@ def sink(
 
 @dlq_app.command("list")
 def dlq_list(
-    limit: Annotated[int, typer.Option(help="At most this many entries.")] = 100,
+    limit: Annotated[int, typer.Option(metavar="N", help="At most this many entries.")] = 100,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            metavar="",
+            help="Read the embedded mode's log in the state dir, even if Kafka is configured.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
+    state_dir: StateOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:
-    """Show dead-lettered events: key, reason, message, where they came from."""
+    """Show dead-lettered events: key, reason, message, where they came from.
+
+    Without Kafka configured (no --bootstrap, EMBEDSTREAM_KAFKA__BOOTSTRAP or kafka.bootstrap),
+    this lists the embedded mode's local dead-letter log (state_dir/dlq.jsonl)."""
 
     def action() -> list[dict[str, str]]:
-        from pipeline.dlq import read_dead_letters
+        from pipeline.dlq import LocalDeadLetters, read_dead_letters
 
-        settings = daemon_settings(config, None, None, None, None, bootstrap)
+        settings = daemon_settings(config, state_dir, None, None, None, bootstrap)
+        if local or "bootstrap" not in settings.kafka.model_fields_set:
+            return [
+                letter.as_json() for letter in LocalDeadLetters(settings.state_dir / "dlq.jsonl").read(limit)
+            ]
         with _kafka(settings) as (bus, topics):
             return [letter.as_json() for letter in read_dead_letters(bus, topics, limit)]
 
@@ -776,10 +806,10 @@ def dlq_list(
     if not letters:
         out.print("the DLQ is empty")
     for letter in letters:
+        where = f"{letter['original_topic']}[{letter['original_partition']}]@{letter['original_offset']}"
         out.print(
-            f"[bold]{letter['key']}[/] {letter['reason']} in {letter['stage']} "
-            f"({letter['original_topic']}[{letter['original_partition']}]@{letter['original_offset']}): "
-            f"{letter['message']}"
+            f"[bold]{escape(letter['key'][:200])}[/] {letter['reason']} in {letter['stage']} "
+            f"({escape(where)}): {escape(letter['message'])}"
         )
 
 

@@ -100,7 +100,7 @@ def promotion_refusals(candidate: VersionState, live: VersionState | None, margi
     if candidate.lag is None:
         reasons.append(f"the lag of {label} is unknown (its consumer groups have not committed yet)")
     elif candidate.lag:
-        reasons.append(f"{label} has not caught up: {candidate.lag} events still to process")
+        reasons.append(f"{label} has not caught up: lag {candidate.lag}")
     if live is None:
         return reasons
     if candidate.documents != live.documents:

@@ -90,7 +90,7 @@ def test_a_caught_up_complete_and_as_good_candidate_may_be_promoted():
 @pytest.mark.parametrize(
     ("candidate", "reason"),
     [
-        (state(2, lag=3, evaluation=report(0.8)), "3 events still to process"),
+        (state(2, lag=3, evaluation=report(0.8)), "has not caught up: lag 3"),
         (state(2, lag=None, evaluation=report(0.8)), "lag of docs@v2 is unknown"),
         (state(2, documents=4, evaluation=report(0.8)), "holds 4 documents, the live docs@v1 5"),
         (state(2, pending=("fs",), evaluation=report(0.8)), "not been backfilled from source(s) fs"),

@@ -364,28 +364,38 @@ def index(
     invalid: list[Any] = []  # the JSON lines source's reported lines
 
     def action() -> Any:
+        from pipeline.backfill import backfill_source
         from pipeline.indexer import index_source
 
         settings = load_settings(config, state_dir, index_name, model)
         home = settings.state_dir / "indexes" / settings.index.name
-        with EmbeddedPipeline(settings) as pipeline, _progress(enabled=not as_json) as progress:
+
+        def make_source(home: Path) -> Any:
+            """The source, its checkpoint under ``home`` (a version's backfill has its own)."""
             if sql_url:
                 every = key_diff_every or 0.0  # one pass: look for hard deletes every time
                 sql = SqlOptions(sql_url, table, query, key, version, rows, lookback, every, source, rebind)
-                src: Any = sql_source(sql, settings, home)
-            elif jsonl:
-                src = jsonl_source(jsonl, source, settings, home)
-            else:
-                assert path is not None
-                fs = FsOptions(path, source or "fs", include, exclude, follow_symlinks, rebind)
-                src = _embedded_source(fs, settings)
+                return sql_source(sql, settings, home)
+            if jsonl:
+                return jsonl_source(jsonl, source, settings, home)
+            assert path is not None
+            fs = FsOptions(path, source or "fs", include, exclude, follow_symlinks, rebind)
+            return _fs_source(fs, settings, home)
+
+        with EmbeddedPipeline(settings) as pipeline, _progress(enabled=not as_json) as progress:
+            src = make_source(home)
             try:
-                return index_source(pipeline, src, progress, allow_mass_delete=allow_mass_delete)
+                summary = index_source(pipeline, src, progress, allow_mass_delete=allow_mass_delete)
+                # A migration in progress: replay this source into the new version(s) too.
+                backfilled.extend(backfill_source(pipeline, src.name, make_source, progress))
+                return summary
             finally:
                 invalid.extend(getattr(src, "invalid", []))
                 getattr(src, "close", lambda: None)()
 
+    backfilled: list[Any] = []
     summary = run(action)
+    _print_backfills(backfilled)
     if as_json:
         extra = {"invalid_lines": [line.as_json() for line in invalid]} if jsonl else {}
         out.print_json(json.dumps(summary.as_json() | extra))
@@ -395,6 +405,14 @@ def index(
     _print_details(summary)
     for line in invalid:
         out.print(f"[yellow]invalid line {line.line}[/]: {escape(line.error)} (dead-lettered)")
+
+
+def _print_backfills(backfilled: Sequence[Any]) -> None:
+    for done in backfilled:
+        err.print(
+            f"backfilled {escape(done.label)} from source {escape(done.source)}: {done.documents} documents, "
+            f"{done.encoded} chunks encoded"
+        )
 
 
 def _summary_line(summary: Any) -> str:
@@ -435,6 +453,7 @@ def watch(
     """Keep following PATH until Ctrl-C; answers `embedstream search` from other terminals."""
 
     def action() -> None:
+        from pipeline.backfill import backfill_source
         from pipeline.indexer import IndexSummary, watch_source
         from pipeline.metrics import PrometheusObserver
         from pipeline.watching import serve_pipeline
@@ -463,6 +482,8 @@ def watch(
                 err.print(f"{label} in {summary.seconds:.1f}s: " + _summary_line(summary))
                 _print_details(summary)
 
+            # A migration in progress: the folder is replayed into the new version(s) first.
+            _print_backfills(backfill_source(pipeline, src.name, lambda home: _fs_source(fs, settings, home)))
             watch_source(pipeline, src, stop, interval, report, allow_mass_delete=allow_mass_delete)
         err.print("stopped cleanly")
 
@@ -521,6 +542,7 @@ def _search(settings: Settings, query: str, k: int, filters: dict[str, str]) -> 
     from pipeline.components import make_encoder, open_store
     from pipeline.index import live_version
     from pipeline.search import SearchAnswer, live_documents, nothing_found, search_documents
+    from pipeline.version_models import VersionEncoders
     from pipeline.watching import remote_search
 
     encoder = make_encoder(settings)
@@ -530,6 +552,8 @@ def _search(settings: Settings, query: str, k: int, filters: dict[str, str]) -> 
     store = open_store(settings)
     try:
         version = live_version(store, settings.index.name)
+        if version is not None:  # the live version's own model: a promote or rollback applies at once
+            encoder = VersionEncoders(settings, encoder).for_version(version)
         results = search_documents(store, version, encoder, query, k, filters)
         documents = 0 if results else live_documents(store, version)
     finally:
@@ -832,6 +856,295 @@ def dlq_replay(
 
     count = run(action)
     out.print(f"{'would replay' if dry_run else 'replayed'} {count} events")
+
+
+# --------------------------------------------------------------------------- index versions
+
+migrate_app = typer.Typer(
+    help="Model migrations: build a new index version beside the live one, check it, switch atomically.",
+    no_args_is_help=True,
+)
+app.add_typer(migrate_app, name="migrate")
+
+IndexArg = Annotated[
+    str | None, typer.Argument(metavar="[INDEX]", help="Index (alias) name; default: --index / index.name.")
+]
+
+
+def _admin_settings(
+    index_arg: str | None, config: Path | None, state_dir: Path | None, index: str | None,
+    bootstrap: str | None,
+) -> Settings:  # fmt: skip
+    """Settings of a version command; INDEX and --index must agree when both are given."""
+    if index_arg and index and index_arg != index:
+        raise typer.BadParameter(f"INDEX {index_arg!r} and --index {index!r} disagree", param_hint="INDEX")
+    return daemon_settings(config, state_dir, index_arg or index, None, None, bootstrap)
+
+
+def _on_index(
+    index_arg: str | None, config: Path | None, state_dir: Path | None, index: str | None,
+    bootstrap: str | None, call: Callable[[Any], T],
+) -> T:  # fmt: skip
+    """``call(admin)`` on the index the options name; errors become exit codes (see run)."""
+
+    def action() -> T:
+        settings = _admin_settings(index_arg, config, state_dir, index, bootstrap)
+        with _admin(settings) as admin:
+            return call(admin)
+
+    return run(action)
+
+
+@contextmanager
+def _admin(settings: Settings, *, kafka: bool | None = None) -> Iterator[Any]:
+    """The index's versions in the store; with Kafka configured (--bootstrap,
+    EMBEDSTREAM_KAFKA__BOOTSTRAP or kafka.bootstrap) also its control topic and groups."""
+    from pipeline.migration_modes import Admin
+
+    if kafka is None:
+        kafka = "bootstrap" in settings.kafka.model_fields_set
+    with Admin.open(settings, kafka=kafka) as admin:
+        yield admin
+
+
+@migrate_app.command("start")
+def migrate_start(
+    index_arg: IndexArg = None,
+    new_model: Annotated[
+        str | None,
+        typer.Option("--model", metavar="MODEL", help="The new version's model (default: the live one's)."),
+    ] = None,
+    dims: Annotated[
+        int | None, typer.Option(metavar="D", min=8, help="Matryoshka truncation (default: full or as live).")
+    ] = None,
+    datatype: Annotated[str | None, typer.Option(metavar="TYPE", help="float32, float16 or uint8.")] = None,
+    quantization: Annotated[
+        str | None, typer.Option(metavar="KIND", help="none, int8, binary or product.")
+    ] = None,
+    reencode: Annotated[
+        bool, typer.Option("--reencode", metavar="", help="Encode again even for the live version's model.")
+    ] = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Create version N+1 beside the live one; it backfills, then follows every change."""
+    from pipeline.migration_modes import StorageChoice, next_steps, start
+
+    def begin(admin: Any) -> tuple[Any, list[str]]:
+        spec = start(admin, StorageChoice(new_model, dims, datatype, quantization), reencode=reencode)
+        return spec, next_steps(admin, spec)
+
+    spec, steps = _on_index(index_arg, config, state_dir, index_name, bootstrap, begin)
+    source = f" (reads the vectors of v{spec.vectors_from}: nothing to encode)" if spec.vectors_from else ""
+    model = escape(spec.model or spec.fingerprint)
+    out.print(
+        f"[bold]created[/] {escape(spec.label)} ({escape(spec.collection)}): {model}, "
+        f"{spec.dims} dims, {spec.datatype}, quantization {spec.quantization}{source}"
+    )
+    for step in steps:
+        out.print(f"next: {escape(step)}")
+
+
+@migrate_app.command("status")
+def migrate_status(
+    index_arg: IndexArg = None,
+    evaluate: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="Score each version on index.eval_queries/eval_qrels.")
+    ] = True,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Every version: role, documents and points, lag, and evaluation scores."""
+    from pipeline.migration_modes import states
+
+    def rows_of(admin: Any) -> list[dict[str, Any]]:
+        return [_state_row(state) for state in states(admin, evaluate=evaluate)]
+
+    rows = _on_index(index_arg, config, state_dir, index_name, bootstrap, rows_of)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    columns = ("version", "state", "model", "dims", "datatype", "quantization", "documents", "points", "lag")
+    table = Table(*columns, "nDCG@10", "R@10", "pending")
+    for row in rows:
+        scores = row["eval"] or {}
+        table.add_row(
+            *(escape(_short(row, c)) for c in columns),
+            f"{scores['ndcg_at_10']:.4f}" if scores else "-",
+            f"{scores['recall_at_10']:.4f}" if scores else "-",
+            escape(", ".join(row["pending"]) or "-"),
+        )
+    out.print(table)
+
+
+def _state_row(state: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from pipeline.migration_modes import role
+
+    version = state.version
+    return {
+        "version": version.version,
+        "state": role(state.lifecycle, live=state.live, stored=True),
+        "model": version.model or version.fingerprint,
+        "dims": version.dims,
+        "datatype": version.datatype,
+        "quantization": version.quantization,
+        "documents": state.documents,
+        "points": state.points,
+        "lag": "?" if state.lag is None else state.lag,
+        "pending": list(state.pending),
+        "eval": asdict(state.evaluation) if state.evaluation else None,
+    }
+
+
+@migrate_app.command("promote")
+def migrate_promote(
+    index_arg: IndexArg = None,
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="Version to promote (default: newest not live).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", metavar="", help="Promote even if a gate refuses (logged).")
+    ] = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Move the alias to a version that caught up, holds every document and evaluates as well."""
+    from pipeline.migration_modes import promote_version
+
+    def promoting(admin: Any) -> Any:
+        return promote_version(admin, version, force=force)
+
+    swap = _on_index(index_arg, config, state_dir, index_name, bootstrap, promoting)
+    for reason in swap.forced:
+        err.print(f"[yellow]forced past:[/] {escape(reason)}")
+    _print_swap(swap, "promoted")
+
+
+def _print_swap(swap: Any, verb: str) -> None:
+    before = swap.before.collection if swap.before else "(nothing)"
+    after = swap.after
+    out.print(f"[bold]{verb}[/] {escape(after.label)}: alias {after.name} {before} -> {after.collection}")
+
+
+@migrate_app.command("rollback")
+def migrate_rollback(
+    index_arg: IndexArg = None,
+    to: Annotated[
+        int | None, typer.Option("--to", min=1, help="Version (default: the one live before).")
+    ] = None,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Move the alias back to the version the live one replaced: one atomic call."""
+    from pipeline.migration_modes import rollback_version
+
+    swap = _on_index(index_arg, config, state_dir, index_name, bootstrap, lambda a: rollback_version(a, to))
+    _print_swap(swap, "rolled back to")
+
+
+@migrate_app.command("gc")
+def migrate_gc(
+    index_arg: IndexArg = None,
+    abandon: Annotated[
+        list[int] | None, typer.Option("--abandon", metavar="N", help="Also drop this never-live version.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="Only say what would go.")] = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Drop versions no alias points to, unaliased over index.gc_retention_hours ago."""
+    from pipeline.migration_modes import gc
+
+    choice = _on_index(
+        index_arg, config, state_dir, index_name, bootstrap, lambda a: gc(a, abandon or [], dry_run=dry_run)
+    )
+    verb = "would drop" if dry_run else "dropped"
+    for version in choice.drop:
+        out.print(f"[bold]{verb}[/] {escape(version.collection)}")
+    for version, why in choice.keep:
+        out.print(f"kept {escape(version.collection)}: {escape(why)}")
+
+
+@app.command("index-versions")
+def index_versions(
+    index_arg: IndexArg = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Every version of the index: role, model, dims, datatype, quantization, chunker."""
+    from pipeline.migration_modes import list_versions
+
+    rows = _on_index(index_arg, config, state_dir, index_name, bootstrap, list_versions)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    columns = ("version", "state", "model", "dims", "datatype", "quantization", "chunking", "vectors_from")
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(escape(_short(row, c)) for c in columns))
+    out.print(table)
+
+
+def _short(row: dict[str, Any], column: str) -> str:
+    """A table cell: a model directory as its last two parts (--json has the whole path)."""
+    value = str(row[column])
+    if column == "model" and value.startswith("/"):
+        return "/".join(Path(value).parts[-2:])
+    return value
+
+
+@app.command("eval")
+def eval_index(
+    queries: Annotated[Path, typer.Option(metavar="Q.jsonl", help="BEIR queries (one {_id, text} a line).")],
+    qrels: Annotated[Path, typer.Option(metavar="QRELS.tsv", help="BEIR qrels: query-id, corpus-id, score.")],
+    target: Annotated[
+        str | None, typer.Option("--index", metavar="NAME[@vN]", help="Index, and version (default: live).")
+    ] = None,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(metavar="vA vB", help="Two versions side by side (the first is the baseline)."),
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """nDCG@10, MRR@10, Recall@10/@100, latency p50/p99 and bytes per vector of a version."""
+
+    def action() -> list[Any]:
+        from pipeline.migration_modes import evaluate_versions, parse_target
+        from pipeline.version_eval import QuerySet
+
+        name, number = parse_target(target) if target else (None, None)
+        numbers = [parse_target(v)[1] for v in compare] if compare else [number]
+        settings = load_settings(config, state_dir, name, None)
+        with _admin(settings, kafka=False) as admin:
+            return evaluate_versions(admin, numbers, QuerySet.load(queries, qrels))
+
+    reports = run(action)
+    if as_json:
+        from dataclasses import asdict
+
+        out.print_json(json.dumps([asdict(r) for r in reports]))
+        return
+    from pipeline.evaluation import format_comparison
+
+    out.print(escape(format_comparison(reports)))
 
 
 @app.command("config")

@@ -8,6 +8,7 @@ index is compared with ground truth including vectors.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,38 @@ def test_an_undecodable_record_is_dead_lettered_and_the_rest_indexed(cdc):
     cdc.assert_rows([row(1, "pairing"), row(3, "sirens")])
     (letter,) = LocalDeadLetters(cdc.settings.state_dir / "dlq.jsonl").read()
     assert (letter.reason, letter.original_topic, letter.value) == ("invalid_event", cdc.topic, b"{not json")
+
+
+def test_the_daemon_publishes_change_events_once(cdc, kafka_settings, kafka_bus, poll_until, tmp_path):
+    """`source debezium` as a daemon (run_source over Kafka): records become change events on
+    <prefix>.changes with the LSN as version; a restarted daemon does not publish them again
+    (its group committed them)."""
+    from pipeline.daemons import run_source
+    from pipeline.events import ChangeEvent
+    from pipeline.topics import Topics
+
+    settings = Settings.load(state_dir=tmp_path / "daemon").model_copy(update={"kafka": kafka_settings})
+    topics = Topics(kafka_settings.topic_prefix)
+    reader = kafka_bus.consumer(f"{topics.prefix}.reader", [topics.changes])
+
+    def published_while_running(count: int) -> list[ChangeEvent]:
+        stop = threading.Event()
+        source = cdc.source()
+        daemon = threading.Thread(target=run_source, args=(settings, source, stop, 0.0), daemon=True)
+        daemon.start()
+        try:
+            received = poll_until(reader, lambda got: len(got) >= count)
+            return sorted((ChangeEvent.from_bytes(r.value) for r in received), key=lambda e: e.doc_id)
+        finally:
+            stop.set()
+            daemon.join(timeout=60)
+            source.close()
+
+    try:
+        cdc.produce([postgres("c", row(1, "pairing"), 100), postgres("c", row(2, "sirens"), 200)])
+        assert [(e.doc_id, e.version) for e in published_while_running(2)] == [("1", 100), ("2", 200)]
+        cdc.produce([postgres("d", {"id": 1}, 300)])
+        (deletion,) = published_while_running(1)
+        assert (deletion.op, deletion.version) == ("delete", 300)
+    finally:
+        reader.close()

@@ -7,9 +7,6 @@ model; the index is compared with ground truth including vectors.
 from __future__ import annotations
 
 import json
-import logging
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,9 @@ from pipeline.index import live_version
 from pipeline.settings import Settings
 from tests.groundtruth import assert_index_equals, expected_chunks
 
+# No EMBEDSTREAM_* variable or ./embedstream.toml from outside (tests/cli_runner.py).
+pytestmark = pytest.mark.usefixtures("isolated")
+
 #: One of each kind of bad line, cycled through.
 MALFORMED = [
     "{not json",
@@ -37,16 +37,6 @@ MALFORMED = [
     '{"doc_id": "x", "text": "another source", "source": "elsewhere"}',
     '{"doc_id": 12, "text": "a numeric id"}',
 ]
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No EMBEDSTREAM_* variable from outside; logging handlers restored after the CLI ran."""
-    for name in [n for n in os.environ if n.upper().startswith("EMBEDSTREAM_")]:
-        monkeypatch.delenv(name)
-    handlers = logging.getLogger().handlers[:]
-    yield
-    logging.getLogger().handlers[:] = handlers
 
 
 @pytest.fixture

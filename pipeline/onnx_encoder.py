@@ -15,6 +15,7 @@ Which backend encoded a vector is not part of the fingerprint: both give the sam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -40,6 +41,7 @@ FORMAT = 2
 TOLERANCE = 1e-5  # max |onnx - torch| per vector component, on L2-normalized vectors
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 WEIGHTS = "weights.bin"  # beside model.onnx
+ABANDONED_AFTER_S = 3600
 # Checked at every load: cheap (a few ms), and a damaged or foreign model.onnx fails them.
 LOAD_PROBES = ("embedstream probe: is this still the model it was built from?", "a")
 # Checked once when the artefact is built: lengths that pad, truncate and touch unicode.
@@ -119,6 +121,7 @@ def build(
     """
     started = time.perf_counter()
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(directory.parent)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=directory.parent))
     try:
         session, meta = _export_and_check(model, work, fingerprint, features)
@@ -233,6 +236,16 @@ def _read_meta(directory: Path, fingerprint: str) -> dict[str, Any] | None:
     if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in current.items()):
         return None
     return meta
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Builds killed half-way (Ctrl-C during a first search) leave ~90 MB behind: drop those
+    older than an hour, which no live build can still be writing."""
+    cutoff = time.time() - ABANDONED_AFTER_S
+    for leftover in [*root.glob(".build-*"), *root.glob(".stale-*")]:
+        with contextlib.suppress(OSError):
+            if leftover.stat().st_mtime < cutoff:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _publish(work: Path, directory: Path) -> None:

@@ -134,3 +134,18 @@ def test_a_file_changed_just_now_is_not_remembered(tmp_path):
     memo.digest(weights)
     memo.save()
     assert not (tmp_path / "digests.json").exists()
+
+
+def test_abandoned_onnx_builds_are_removed_but_live_ones_kept(tmp_path):
+    """A build killed half-way does not leave ~90 MB behind for good; one still running is untouched."""
+    from pipeline.onnx_encoder import ABANDONED_AFTER_S, _remove_abandoned
+
+    old, live = tmp_path / ".build-old", tmp_path / ".build-live"
+    for folder in (old, live):
+        folder.mkdir()
+        (folder / "weights.bin").write_bytes(b"x")
+    past = old.stat().st_mtime - ABANDONED_AFTER_S - 60
+    os.utime(old, (past, past))
+    _remove_abandoned(tmp_path)
+    assert not old.exists()
+    assert live.exists()

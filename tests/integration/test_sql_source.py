@@ -224,6 +224,19 @@ def test_a_row_committed_late_with_an_older_cursor_is_indexed(table, indexer):
     indexer.assert_exact(table)
 
 
+def test_a_query_instead_of_a_table(table, indexer):
+    """--query: the rows it selects are the documents; a row leaving the query's result is deleted."""
+    fill(table, 3)
+    query = f"SELECT id, title, body, author, updated_at, deleted FROM {NAME} WHERE author <> 'hidden'"
+    assert indexer.run(table=None, query=query).added == 3
+    table.update(2, author="hidden")
+    table.update(3, body=body("an edit seen through the query"))
+    summary = indexer.run(table=None, query=query)
+    assert (summary.changed, summary.deleted) == (1, 1)
+    table.delete(2)  # ground truth: what the query selects
+    indexer.assert_exact(table)
+
+
 def test_a_document_edited_a_b_a_ends_at_a(table, indexer):
     """Text A, then B, then A again (each indexed): the index holds A."""
     fill(table, 2)

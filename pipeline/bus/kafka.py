@@ -212,7 +212,7 @@ class KafkaBus:
         outside the group (joining it would rebalance its workers). A partition the group
         never committed counts from the start of its log, as a new member would read it."""
         with self._translated("group lag"):
-            found = self._admin().list_group_offsets({group: None}).get(group, {})
+            found = self._group_offsets(group)
             committed = {(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
             consumer = _build(KafkaConsumer, **self._common_configs(), enable_auto_commit=False)
             try:
@@ -230,6 +230,18 @@ class KafkaBus:
             done = committed.get((tp.topic, tp.partition), -1)
             lag[(tp.topic, tp.partition)] = ends[tp] - max(done, starts[tp])
         return lag
+
+    def _group_offsets(self, group: str) -> dict[Any, Any]:
+        """Committed offsets of ``group``. The first group lookup on a fresh cluster answers
+        "coordinator not available" while the broker creates its offsets topic: ask again."""
+        deadline = time.monotonic() + self._timeouts.request_ms / 1000
+        while True:
+            try:
+                return dict(self._admin().list_group_offsets({group: None}).get(group, {}))
+            except (kafka_errors.CoordinatorNotAvailableError, kafka_errors.CoordinatorLoadInProgressError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def _topic_options(self, spec: TopicSpec) -> dict[str, Any]:
         configs = {MAX_MESSAGE_BYTES: str(self._max_message_bytes)}

@@ -230,3 +230,50 @@ def test_a_model_migration_backfills_from_the_changes_topic_while_edits_arrive(
 def without_retention(admin: Admin) -> Admin:
     index = admin.settings.index.model_copy(update={"gc_retention_hours": 0.0})
     return Admin(admin.settings.model_copy(update={"index": index}), admin.runtime, admin.kafka)
+
+
+def test_the_cli_registers_a_new_version_in_the_control_topic(
+    tmp_path, tiny_model, kafka_bus, kafka_settings
+):
+    """With Kafka configured (--bootstrap), `migrate start` writes the spec to the control topic
+    as well as the store, `index-versions` lists it, and `migrate status` reads the groups' lag."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.index import IndexVersion, create_version
+    from pipeline.registry import publish_version
+    from pipeline.topics import Topics
+
+    settings = Settings.load(state_dir=tmp_path / "state", model={"name": str(tiny_model)})
+    encoder = SentenceTransformerEncoder(settings.model)
+    v1 = IndexVersion.plan(
+        settings.index, 1, encoder.fingerprint, 32, model=settings.model, chunking=(126, 24)
+    )
+    store = EdgeStore(settings.qdrant_dir)
+    create_version(store, v1)
+    store.close()
+    topics = Topics(kafka_settings.topic_prefix)
+    kafka_bus.ensure_topics(Runtime(settings, NullObserver()).topic_specs(1))
+    publish_version(kafka_bus, topics, v1)
+    env = {
+        "EMBEDSTREAM_STATE_DIR": str(tmp_path / "state"),
+        "EMBEDSTREAM_MODEL__NAME": str(tiny_model),
+        "EMBEDSTREAM_KAFKA__TOPIC_PREFIX": kafka_settings.topic_prefix,
+    }
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(app, [*args, "--bootstrap", kafka_settings.bootstrap], env=env)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    started = cli("migrate", "start", "--quantization", "binary")
+    assert "reads the vectors of v1" in started
+    assert "embedstream sink --index docs --version 2" in started
+    assert read_versions(kafka_bus, topics, "docs")[2].quantization == "binary"
+    listed = json.loads(cli("index-versions", "--json"))
+    assert [(v["version"], v["state"], v["vectors_from"]) for v in listed] == [
+        (1, "live", "-"),
+        (2, "building", "v1"),
+    ]
+    status = json.loads(cli("migrate", "status", "--json", "--no-eval"))
+    assert [row["lag"] for row in status] == [0, 0]  # nothing produced yet: nothing to catch up

@@ -120,15 +120,19 @@ def _consume(ctx: DaemonContext, stage: Stage, version: int, topic: str | None =
 
 def run_source(settings: Settings, source: Source, stop: threading.Event, interval_s: float) -> None:
     """Publish the source's changes forever: a pass every ``interval_s``, each slice
-    checkpointed only after the broker acknowledged it."""
+    checkpointed only after the broker acknowledged it. A pass that fails for a transient
+    reason (the database or the broker away) is retried with backoff, /readyz reporting it."""
     with daemon(settings, stop, "source") as ctx:
         runtime = ctx.runtime
         call_with_retry(lambda: ctx.bus.ensure_topics(runtime.topic_specs(1)[:1]), stop, ctx.health)
         producer = ctx.bus.producer()
+        deliver = partial(publish_changes, producer=producer, ctx=ctx)
         try:
             while not stop.is_set():
-                deliver = partial(publish_changes, producer=producer, ctx=ctx)
-                result = run_source_pass(source, deliver, slice_size=SOURCE_SLICE)
+                result = call_with_retry(
+                    lambda: run_source_pass(source, deliver, slice_size=SOURCE_SLICE),
+                    stop, ctx.health, runtime.observer, "source",
+                )  # fmt: skip
                 if result.report.skipped:
                     log.info("source skipped documents", extra={"skipped": dict(result.report.skipped)})
                 ctx.health.last_commit = time.time()
@@ -139,24 +143,22 @@ def run_source(settings: Settings, source: Source, stop: threading.Event, interv
 
 
 def publish_changes(events: Sequence[ChangeEvent], *, producer: Producer, ctx: DaemonContext) -> set[str]:
-    """Send a slice of changes; returns only once the broker acknowledged every event,
-    because the checkpoint advances right after. An event too large for any Kafka message
-    is left out and reported (its key is returned: not checkpointed, tried next pass)."""
+    """Send a slice of changes, every event in order; returns only once the broker
+    acknowledged them all, because the checkpoint advances right after. A document whose
+    event is too large for any Kafka message is left out and reported (its key is
+    returned: not checkpointed, tried again next pass)."""
     topics, observer = ctx.runtime.topics, ctx.runtime.observer
-    pending = {e.key: Outgoing(topics.changes, e.key, e.to_bytes()) for e in events}
     refused: set[str] = set()
     while True:
+        pending = [Outgoing(topics.changes, e.key, e.to_bytes()) for e in events if e.key not in refused]
         try:
-            call_with_retry(
-                partial(producer.send, list(pending.values())), ctx.stop, ctx.health, awaiting="produce"
-            )
+            call_with_retry(partial(producer.send, pending), ctx.stop, ctx.health, awaiting="produce")
             break
         except MessageTooLarge as exc:
-            key = exc.key if exc.key in pending else next(iter(pending))
+            key = exc.key if exc.key in {m.key for m in pending} else pending[0].key
             log.warning("source: %s is too large for a Kafka message (%s); not published", key, exc)
             observer.dead_lettered("source", exc.reason)
             refused.add(key)
-            del pending[key]
     for event in events:
         if event.key not in refused:
             observer.event_out("source", event.op)

@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -141,25 +142,49 @@ def _points(state: Path, model: Path) -> dict[str, set[str]]:
         store.close()
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_kill_9_of_index_at_a_random_moment_then_index_again_equals_a_fresh_index(tmp_path, tiny_model, seed):
-    """Five seeded trials: SIGKILL `index` at a random moment of its run, run it again; the
-    result equals a fresh index of the same folder (documents, point ids, vectors)."""
-    docs = tmp_path / "docs"
+@dataclass(frozen=True)
+class Reference:
+    docs: Path
+    points: dict[str, set[str]]
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Reference:
+    """A 40-document folder, its fresh index's point sets, and how long that index took."""
+    root = tmp_path_factory.mktemp("random-kills")
+    docs = root / "docs"
     docs.mkdir()
     _corpus(docs, 40)
     started = time.monotonic()
-    assert index(tmp_path / "fresh", docs, tiny_model).returncode == 0
-    duration = time.monotonic() - started
+    assert index(root / "fresh", docs, tiny_model).returncode == 0
+    return Reference(docs, _points(root / "fresh", tiny_model), time.monotonic() - started)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kill_9_of_index_at_a_random_moment_then_index_again_equals_a_fresh_index(
+    tmp_path, tiny_model, reference, seed
+):
+    """Five seeded trials: SIGKILL `index` at a random moment of its run, run it again; the
+    result equals a fresh index of the same folder (documents, point ids, vectors)."""
     state = tmp_path / "state"
     env = {**os.environ, **CHUNKING, "HF_HUB_OFFLINE": "1"}
-    command = [*CLI, "index", str(docs), "--state-dir", str(state), "--model", str(tiny_model), "--json"]
+    command = [
+        *CLI,
+        "index",
+        str(reference.docs),
+        "--state-dir",
+        str(state),
+        "--model",
+        str(tiny_model),
+        "--json",
+    ]
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    time.sleep(random.Random(seed).uniform(0.2, 1.0) * duration)
+    time.sleep(random.Random(seed).uniform(0.2, 1.0) * reference.seconds)
     process.kill()
     process.wait(30)
-    assert index(state, docs, tiny_model).returncode == 0
-    assert _points(state, tiny_model) == _points(tmp_path / "fresh", tiny_model)
-    assert_exact(state, docs, tiny_model)
+    assert index(state, reference.docs, tiny_model).returncode == 0
+    assert _points(state, tiny_model) == reference.points
+    assert_exact(state, reference.docs, tiny_model)

@@ -27,6 +27,20 @@ def make_encoder(settings: Settings) -> Encoder:
     return SentenceTransformerEncoder(settings.model, state_dir=settings.state_dir)
 
 
+def check_index_dims(settings: Settings) -> None:
+    """index.dims larger than the model's vectors is refused before anything is encoded."""
+    wanted = settings.index.dims
+    if wanted is None:
+        return
+    from pipeline.model_files import output_dims, resolve_model_path
+
+    full = output_dims(resolve_model_path(settings.model.name))
+    if full is not None and wanted > full:
+        model = settings.model.name
+        msg = f"index.dims={wanted} exceeds the {full} dimensions of model {model!r}; use at most {full}"
+        raise ConfigError(msg)
+
+
 def make_chunker(encoder: Encoder, settings: Settings) -> Chunker:
     # Two positions go to the model's special tokens ([CLS], [SEP]).
     room = encoder.max_tokens - 2

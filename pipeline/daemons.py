@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.bus import Outgoing, Producer
 from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
+from pipeline.components import check_index_dims
 from pipeline.errors import MessageTooLarge
 from pipeline.events import ChangeEvent
 from pipeline.http import DaemonServer
@@ -85,6 +86,7 @@ def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[Dae
 
 
 def run_embed(settings: Settings, version: int, stop: threading.Event) -> None:
+    check_index_dims(settings)
     with daemon(settings, stop, "embed") as ctx:
         runtime, bus = ctx.runtime, ctx.bus
         call_with_retry(lambda: bus.ensure_topics(runtime.topic_specs(version)), ctx.stop, ctx.health)

@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.bus import Outgoing
 from pipeline.bus.memory import InMemoryBus
 from pipeline.cache import EmbeddingCache
+from pipeline.components import check_index_dims
 from pipeline.dlq import LocalDeadLetters
 from pipeline.encoder import Encoder
 from pipeline.errors import ConfigError
@@ -88,6 +89,7 @@ class EmbeddedPipeline:
 
     def _build_workers(self) -> None:
         settings = self.settings
+        check_index_dims(settings)
         found = versions(self.store, settings.index.name)
         live = live_version(self.store, settings.index.name)
         chunking = effective_chunking(self.encoder, settings)

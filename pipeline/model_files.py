@@ -92,6 +92,33 @@ def configured_max_length(path: Path) -> int:
     return 512
 
 
+def output_dims(path: Path) -> int | None:
+    """The dimension of the vectors the model emits, read from its module configs (the
+    last Pooling or Dense module of modules.json decides); None when it cannot be told
+    without loading the model."""
+    try:
+        modules = json.loads((path / "modules.json").read_text())
+    except (OSError, ValueError):
+        return None
+    dims = None
+    for module in modules if isinstance(modules, list) else []:
+        kind, folder = str(module.get("type", "")), path / str(module.get("path", ""))
+        names = next((k for suffix, k in _DIMENSION_KEYS.items() if kind.endswith(suffix)), ())
+        if names:
+            try:
+                config = json.loads((folder / "config.json").read_text())
+            except (OSError, ValueError):
+                return None
+            found = [config[name] for name in names if isinstance(config.get(name), int)]
+            dims = found[0] if found else dims
+    return dims
+
+
+#: Where a module's config records its output size, across sentence-transformers releases
+#: (6.x renamed the pooling key).
+_DIMENSION_KEYS = {"Pooling": ("embedding_dimension", "word_embedding_dimension"), "Dense": ("out_features",)}
+
+
 class DigestMemo:
     """sha256 of files, remembered by (device, inode, size, mtime, ctime) in a JSON file.
 

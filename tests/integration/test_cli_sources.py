@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,14 @@ def test_dead_letters_of_the_embedded_mode_are_listed_without_kafka(run, docs):
     assert listed.exit_code == EXIT_OK, listed.output
     (letter,) = json.loads(listed.stdout)
     assert (letter["key"], letter["reason"]) == ("fs/invisible.md", "empty_text")
+
+
+def test_index_dims_larger_than_the_models_is_refused_before_encoding(run, docs, tmp_path):
+    """index.dims over the model's 32 dimensions exits 3 naming both, and nothing is encoded."""
+    refused = run("index", str(docs), env={"EMBEDSTREAM_INDEX__DIMS": "64"})
+    assert refused.exit_code == EXIT_CONFIG
+    assert "index.dims=64 exceeds" in refused.stderr
+    assert "32 dimensions" in refused.stderr
+    cache = tmp_path / "state" / "cache.sqlite"
+    if cache.exists():
+        assert sqlite3.connect(cache).execute("SELECT COUNT(*) FROM vectors").fetchone() == (0,)

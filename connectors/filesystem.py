@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from pipeline.errors import ConfigError
 from pipeline.events import ChangeEvent
 from pipeline.files import atomic_write
-from pipeline.hashing import content_hash, normalize_text
+from pipeline.hashing import content_hash, is_utf8, normalize_text
 from pipeline.sources import Change, PassReport, next_version
 
 __all__ = [
@@ -487,7 +487,7 @@ class FilesystemSource:
             return ""
         if not self._filter.includes(relpath):
             return "unsupported"
-        if not _is_utf8(relpath):
+        if not is_utf8(relpath):
             # Keys and events are UTF-8; a name that is not cannot be one, losslessly.
             return "undecodable_name"
         if not self.follow_symlinks and entry.is_symlink() and not self._inside_root(entry.path):
@@ -613,15 +613,6 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
         return entry.is_file(follow_symlinks=True)
     except OSError:
         return False
-
-
-def _is_utf8(name: str) -> bool:
-    """os.scandir decodes undecodable bytes of a name to surrogates."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _is_under(relpath: str, folders: list[str]) -> bool:

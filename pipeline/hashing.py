@@ -53,3 +53,13 @@ def point_id(doc_key: str, chunk_hash: str, occurrence: int) -> str:
 def doc_state_id(doc_key: str) -> str:
     """Id of the per-document bookkeeping record (version, content hash, point ids)."""
     return str(uuid.uuid5(POINT_NAMESPACE, f"doc\x1f{doc_key}"))
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding surrogates: bytes that were not UTF-8, decoded with
+    ``surrogateescape`` (the Kafka adapter's keys, os.scandir's file names)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -26,6 +26,15 @@ Chunks = dict[str, dict[str, str]]  # doc key -> point id -> chunk text
 MIN_COSINE = 0.999
 
 
+def paragraphs(topic: str, count: int) -> str:
+    """``count`` paragraphs of plain text about ``topic``: real words for the chunker."""
+    return "\n\n".join(
+        f"Paragraph {i} about {topic}. It explains detail number {i} of {topic} in a few plain "
+        f"sentences, so that the chunker has real words to count. Item {i * 7} closes it."
+        for i in range(count)
+    )
+
+
 def text_files(root: Path) -> dict[str, str]:
     """relative path -> text of every non-hidden file under ``root``."""
     found = {}

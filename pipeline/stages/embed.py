@@ -26,7 +26,7 @@ from pipeline.encoder import Encoder
 from pipeline.errors import DocumentTooLarge, EmptyDocument, InvalidEvent, InvalidVectors, PoisonError
 from pipeline.events import ChangeEvent, ChunkRef, VectorsEvent
 from pipeline.faults import crash_point
-from pipeline.hashing import normalize_text, sha256_hex
+from pipeline.hashing import is_utf8, normalize_text, sha256_hex
 from pipeline.observe import Observer
 from pipeline.planner import chunk_point_ids, plan_encode
 from pipeline.settings import LimitsSettings
@@ -92,7 +92,7 @@ class EmbedStage:
 
     def _parse(self, record: Record) -> ChangeEvent:
         key = record.key or ""
-        if not _is_utf8(key):
+        if not is_utf8(key):
             raise InvalidEvent("the record key is not valid UTF-8")
         event = ChangeEvent.from_bytes(record.value)
         self._observer.event_in(self.name, event.op)
@@ -221,12 +221,3 @@ def _slices(texts: dict[str, str], sizes: dict[str, int], budget: int) -> Iterat
         used += sizes[chunk_hash]
     if part:
         yield part
-
-
-def _is_utf8(key: str) -> bool:
-    """Kafka adapters decode keys with surrogateescape: a surrogate means the bytes were not UTF-8."""
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -20,7 +20,7 @@ from pipeline.events import ChangeEvent, Matrix
 from pipeline.index import live_version
 from pipeline.indexer import index_source
 from pipeline.settings import Settings
-from tests.groundtruth import actual_points, expected_points
+from tests.groundtruth import actual_points, expected_points, paragraphs
 
 
 class CountingEncoder:
@@ -50,14 +50,6 @@ class CountingEncoder:
 
     def encode_queries(self, texts: Sequence[str]) -> Matrix:
         return self._inner.encode_queries(texts)
-
-
-def paragraphs(topic: str, count: int) -> str:
-    return "\n\n".join(
-        f"Paragraph {i} about {topic}. It explains detail number {i} of {topic} in a few plain "
-        f"sentences, so that the chunker has real words to count. Item {i * 7} closes it."
-        for i in range(count)
-    )
 
 
 @pytest.fixture

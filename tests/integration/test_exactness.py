@@ -28,27 +28,14 @@ from pipeline.settings import Settings
 from pipeline.sources import SourceBindings
 from pipeline.store import VectorStore
 from pipeline.store.edge import EdgeStore
-from tests.groundtruth import assert_index_equals, expected_chunks, text_files
+from tests.groundtruth import assert_index_equals, expected_chunks, paragraphs, text_files
 
 BASE_NS = 1_700_000_000_000_000_000
 
 
-def paragraphs(topic: str, count: int) -> str:
-    return "\n\n".join(
-        f"Paragraph {i} about {topic}. It explains detail number {i} of {topic} in plain words, "
-        f"so that the chunker has real text to count. Item {i * 7} closes it."
-        for i in range(count)
-    )
-
-
 @pytest.fixture
-def settings(tmp_path: Path, tiny_model: Path) -> Settings:
-    return Settings.load(
-        state_dir=tmp_path / "state",
-        model={"name": str(tiny_model)},
-        chunking={"max_tokens": 64, "overlap_tokens": 8},
-        limits={"max_doc_bytes": 20_000, "max_chunks_per_doc": 40},
-    )
+def settings(tiny_settings: Settings) -> Settings:
+    return tiny_settings
 
 
 @pytest.fixture

@@ -163,12 +163,50 @@ def load_settings(
 def _cli_env_vars() -> frozenset[str]:
     """EMBEDSTREAM_* variables that options read: not settings, so never "unknown"."""
     names = {"EMBEDSTREAM_CRASH_AT"}  # read by main() for fault-injection tests
-    commands = [typer.main.get_command(app)]
+    commands = [command()]
     while commands:
-        command = commands.pop()
-        names.update(p.envvar for p in command.params if isinstance(p.envvar, str))
-        commands.extend(getattr(command, "commands", {}).values())
+        each = commands.pop()
+        names.update(p.envvar for p in each.params if isinstance(p.envvar, str))
+        commands.extend(getattr(each, "commands", {}).values())
     return frozenset(names)
+
+
+def command() -> Any:
+    """The click command behind `embedstream`, every option naming its environment variable
+    in `--help`: its own, else ``EMBEDSTREAM_<COMMAND>_<OPTION>`` (click's auto_envvar
+    convention, e.g. ``EMBEDSTREAM_INDEX_INCLUDE``, ``EMBEDSTREAM_MIGRATE_START_DIMS``)."""
+    root = typer.main.get_command(app)
+    _name_env_vars(root, [])
+    return root
+
+
+_NO_ENV = {"help", "version", "install_completion", "show_completion"}
+
+
+def _name_env_vars(each: Any, path: list[str]) -> None:
+    # Typer ships its own click: options are told apart by what they are, not their class.
+    for param in each.params:
+        is_option = getattr(param, "param_type_name", "") == "option"
+        if is_option and param.name in ("install_completion", "show_completion"):
+            param.metavar = ""  # typer's own flags: shown as flags, not <bool>
+        if is_option and not param.envvar and param.name not in _NO_ENV:
+            param.envvar = "_".join(["EMBEDSTREAM", *path, param.name or ""]).upper().replace("-", "_")
+            param.show_envvar = True
+    each.get_help_option = _flag_shaped(each.get_help_option)
+    for name, sub in getattr(each, "commands", {}).items():
+        _name_env_vars(sub, [*path, name])
+
+
+def _flag_shaped(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """click builds --help per invocation; show it as the flag it is, not <bool>."""
+
+    def help_option(ctx: Any) -> Any:
+        option = make(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    return help_option
 
 
 def _flag(key: str, value: object, option: str, envvar: str) -> list[Override]:
@@ -1300,7 +1338,7 @@ def main() -> None:  # the console script
         from pipeline import faults
 
         faults.arm(crash_at)
-    app()
+    command()(prog_name="embedstream")
 
 
 if __name__ == "__main__":

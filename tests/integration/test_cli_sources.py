@@ -182,3 +182,14 @@ def test_index_dims_larger_than_the_models_is_refused_before_encoding(run, docs,
     cache = tmp_path / "state" / "cache.sqlite"
     if cache.exists():
         assert sqlite3.connect(cache).execute("SELECT COUNT(*) FROM vectors").fetchone() == (0,)
+
+
+def test_a_corrupt_alias_file_says_how_to_recover_instead_of_a_traceback(run, docs, tmp_path):
+    """A damaged state_dir/qdrant/aliases.json: exit 3, the file named, and the way out."""
+    summary(run("index", str(docs), "--json"))
+    (tmp_path / "state" / "qdrant" / "aliases.json").write_text("{not json")
+    result = run("status")
+    assert result.exit_code == EXIT_CONFIG
+    assert "aliases.json is corrupt" in result.stderr
+    assert "delete it and re-run" in result.stderr
+    assert "Traceback" not in result.output

@@ -426,6 +426,7 @@ def index(
                 summary = index_source(pipeline, src, progress, allow_mass_delete=allow_mass_delete)
                 # A migration in progress: replay this source into the new version(s) too.
                 backfilled.extend(backfill_source(pipeline, src.name, make_source, progress))
+                _ready_for_small_runs(pipeline)
                 return summary
             finally:
                 invalid.extend(getattr(src, "invalid", []))
@@ -451,6 +452,16 @@ def _print_backfills(backfilled: Sequence[Any]) -> None:
             f"backfilled {escape(done.label)} from source {escape(done.source)}: {done.documents} documents, "
             f"{done.encoded} chunks encoded"
         )
+
+
+def _ready_for_small_runs(pipeline: EmbeddedPipeline) -> None:
+    """A run that loaded torch anyway (a first index) leaves the small-call backend built, so
+    the next small update or one-shot search starts in about a second instead of building it."""
+    encoder = pipeline.encoder
+    if getattr(encoder, "backend", None) == "torch":
+        prepare = getattr(encoder, "prepare_small_backend", None)
+        if prepare is not None:
+            prepare()
 
 
 def _summary_line(summary: Any) -> str:

@@ -33,14 +33,17 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import quantization  # noqa: E402
 from corpus import edit, write_corpus  # noqa: E402
 from latency import noop_reindex, small_updates  # noqa: E402
 from sink_only import sink_throughput  # noqa: E402
+from sql_path import measure_sql_path  # noqa: E402
 
 from connectors.filesystem import FilesystemSource  # noqa: E402
 from pipeline.components import make_chunker  # noqa: E402
 from pipeline.embedded import EmbeddedPipeline  # noqa: E402
 from pipeline.encoder import SentenceTransformerEncoder  # noqa: E402
+from pipeline.evaluation import format_comparison  # noqa: E402
 from pipeline.events import ChangeEvent  # noqa: E402
 from pipeline.hashing import normalize_text  # noqa: E402
 from pipeline.indexer import IndexSummary, index_source  # noqa: E402
@@ -59,6 +62,9 @@ def main() -> int:
     parser.add_argument("--no-latency", action="store_true", help="skip the one-shot CLI timings")
     parser.add_argument("--steady", type=int, default=60, help="documents sent at a steady rate")
     parser.add_argument("--noop-files", type=int, default=1000, help="files in the no-op re-index")
+    parser.add_argument("--no-sql", action="store_true", help="skip the SQL snapshot vs filesystem ratio")
+    parser.add_argument("--pages", type=int, default=600, help="manual pages in the quantization corpus")
+    parser.add_argument("--no-quantization", action="store_true", help="skip the quantization table")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="embedstream-bench-"))
@@ -82,10 +88,18 @@ def main() -> int:
         results.update(small_updates(work / "latency"))
         results.update(noop_reindex(work / "latency", files=args.noop_files))
     results.update(sink_throughput(settings.model_copy(update={"state_dir": work / "sink-state"})))
+    if not args.no_sql:
+        results.update(measure_sql_path(work, settings, encoder, work / "corpus"))
     if not args.no_kafka:
         results.update(kafka_results(work, settings, encoder, docs, raw_encode, args))
     results["load_after"] = os.getloadavg()[0]
     report(results)
+    if not args.no_quantization:
+        # Manual pages with their one-line descriptions as queries (ops/bench/manpages.py).
+        reports = quantization.run(pages=args.pages)
+        print(f"\nquantization on {args.pages} manual pages (storage vs quality retained):")
+        print(format_comparison(reports))
+        print(quantization.summary(reports))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
@@ -235,9 +249,19 @@ def report(r: Results) -> None:
                 f"{r['noop_reindex_wall_s']:.2f} s wall ({r['noop_reindex_pass_s']:.2f} s pass)",
             ),
         ]
-    rows.append(
-        ("sink only, precomputed vectors", f"{r['sink_points_per_s']:,.0f} points/s (target >= 20,000)")
-    )
+    if "ratio_sql_snapshot_vs_fs" in r:
+        rows.append(
+            (
+                "ratio SQL snapshot / filesystem, same texts",
+                f"{r['ratio_sql_snapshot_vs_fs']:.2f} ({r['sql_snapshot_docs_per_s']:.1f} vs "
+                f"{r['fs_first_index_docs_per_s']:.1f} docs/s)",
+            )
+        )
+    rows += [
+        ("sink only, precomputed vectors", f"{r['sink_points_per_s']:,.0f} points/s (target >= 20,000)"),
+        ("embedded engine alone, same points", f"{r['engine_points_per_s']:,.0f} points/s (the ceiling)"),
+        ("ratio sink / engine alone", f"{r['ratio_sink_vs_engine']:.2f}"),
+    ]
     if "kafka_chunks_per_s" in r:
         rate = r["steady_rate_docs_per_s"]
         rows += [

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,17 +63,21 @@ class Deployment:
     encoder: CountingEncoder
     corpus: dict[str, ChangeEvent]
     workers: list[tuple[Worker, str, str]]  # worker, group, topic
+    clients: list[Any] = field(default_factory=list)  # consumers and producers to close
 
     def produce(self, events: Sequence[ChangeEvent]) -> None:
         from pipeline.bus import Outgoing
 
-        self.bus.producer().send([Outgoing(self.runtime.topics.changes, e.key, e.to_bytes()) for e in events])
+        producer = self.bus.producer()
+        self.clients.append(producer)
+        producer.send([Outgoing(self.runtime.topics.changes, e.key, e.to_bytes()) for e in events])
         for event in events:
             self.corpus[event.key] = event
 
     def worker(self, runtime: Runtime, stage: object, group: str, topic: str) -> Worker:
-        consumer = self.bus.consumer(group, [topic])
-        worker = runtime.worker(stage, consumer, self.bus.producer(), poll_timeout_s=0.5)  # type: ignore[arg-type]
+        consumer, producer = self.bus.consumer(group, [topic]), self.bus.producer()
+        self.clients += [consumer, producer]
+        worker = runtime.worker(stage, consumer, producer, poll_timeout_s=0.5)  # type: ignore[arg-type]
         self.workers.append((worker, group, topic))
         return worker
 
@@ -130,6 +135,8 @@ def deployment(
     deployment.produce([document(f"d{i}", 1, topic) for i, topic in enumerate(TOPICS)])
     deployment.drain()
     yield deployment
+    for client in deployment.clients:  # else their network threads outlive the test
+        client.close()
     store.close()
 
 

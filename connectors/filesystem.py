@@ -474,10 +474,12 @@ class FilesystemSource:
                 if _is_real_dir(entry):
                     if not self._filter.prunes(relpath):
                         pending.append(relpath)
-                elif _is_file(entry) and (reason := self._rejects(entry, relpath)) is None:
-                    files.append(relpath)
-                elif reason:
-                    report.skip(reason, ascii(relpath))
+                elif _is_file(entry):
+                    reason = self._rejects(entry, relpath)
+                    if reason is None:
+                        files.append(relpath)
+                    elif reason:
+                        report.skip(reason, ascii(relpath))
         return sorted(files), blind
 
     def _rejects(self, entry: os.DirEntry[str], relpath: str) -> str | None:

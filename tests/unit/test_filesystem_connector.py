@@ -464,3 +464,18 @@ def test_missing_root_is_an_error_not_a_mass_delete(tmp_path: Path) -> None:
     Checkpoint({"a.md": FileState(1, 1, "h", 1)}).save(tmp_path / "unmounted.checkpoint.json")
     with pytest.raises(ConfigError):
         list(fs(tmp_path / "unmounted").changes(PassReport()))
+
+
+def test_broken_links_and_other_non_files_are_passed_over(tmp_path: Path) -> None:
+    """A dangling link (a folder's only entry, or beside a file skipped for its extension) is
+    neither indexed nor reported under another file's reason, and the pass goes on."""
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone/gone.md").symlink_to(tmp_path / "nowhere.md")
+    write(tmp_path, "mixed/photo.png", "not text")
+    (tmp_path / "mixed/gone.md").symlink_to(tmp_path / "nowhere.md")
+    write(tmp_path, "kept.md", "kept")
+
+    changes, report, _ = scan(fs(tmp_path))
+
+    assert doc_ids(changes) == ["kept.md"]
+    assert report.skipped == {"unsupported": 1}

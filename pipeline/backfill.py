@@ -42,7 +42,7 @@ class Backfilled:
 
 def scratch_home(settings: Settings, number: int) -> Path:
     """Where version ``number``'s backfill keeps its checkpoints until it is complete."""
-    return settings.state_dir / "indexes" / settings.index.name / "backfill" / f"v{number}"
+    return settings.index_home / "backfill" / f"v{number}"
 
 
 def checkpoint_of(settings: Settings, number: int, source: str) -> Path:

@@ -10,7 +10,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -54,6 +53,7 @@ from pipeline.cli_sources import (
     SqlUrlOpt,
     TableOpt,
     TextOpt,
+    checked_name,
     debezium_source,
     jsonl_source,
     sql_source,
@@ -67,7 +67,7 @@ from pipeline.errors import (
     RetryableError,
     StoreLocked,
 )
-from pipeline.settings import Settings
+from pipeline.settings import LOG_LEVELS, Settings
 from pipeline.settings_layers import Override
 
 if TYPE_CHECKING:
@@ -127,9 +127,6 @@ JsonOpt = Annotated[
 ]
 
 
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
 # Flags of the main callback (--log-level, --strict), for load_settings to pass on.
 _GLOBAL_FLAGS: ContextVar[tuple[Override, ...]] = ContextVar("embedstream_global_flags", default=())
 # --config given before the command (`embedstream --config f.toml index ...`).
@@ -171,6 +168,7 @@ def _cli_env_vars() -> frozenset[str]:
     return frozenset(names)
 
 
+@functools.cache
 def command() -> Any:
     """The click command behind `embedstream`, every option naming its environment variable
     in `--help`: its own, else ``EMBEDSTREAM_<COMMAND>_<OPTION>`` (click's auto_envvar
@@ -311,7 +309,7 @@ def main_callback(
     _GLOBAL_FLAGS.set(tuple(flags))
     # Until load_settings applies the configured level, warnings about settings must show.
     level = (log_level or "").upper()
-    logs.configure(level if level in _LEVELS else "WARNING")
+    logs.configure(level if level in LOG_LEVELS else "WARNING")
 
 
 def _on_command_line(ctx: typer.Context, name: str) -> bool:
@@ -406,7 +404,7 @@ def index(
         from pipeline.indexer import index_source
 
         settings = load_settings(config, state_dir, index_name, model)
-        home = settings.state_dir / "indexes" / settings.index.name
+        home = settings.index_home
 
         def make_source(home: Path) -> Any:
             """The source, its checkpoint under ``home`` (a version's backfill has its own)."""
@@ -518,7 +516,7 @@ def watch(
             serve_pipeline(pipeline, registry, settings.http.addr) as url,
             _stop_on_signals(stop, settings.drain_timeout_s),
         ):
-            src = _embedded_source(fs, settings)
+            src = _fs_source(fs, settings, settings.index_home)
             err.print(
                 f"watching {escape(str(path))} (every {interval}s); queries served at {url}; Ctrl-C to stop"
             )
@@ -1215,20 +1213,11 @@ class FsOptions:
     rebind: bool
 
 
-def _embedded_source(fs: FsOptions, settings: Settings) -> Any:
-    """The folder as a source of the index: its checkpoint and name binding live per index."""
-    return _fs_source(fs, settings, settings.state_dir / "indexes" / settings.index.name)
-
-
 def _fs_source(fs: FsOptions, settings: Settings, home: Path) -> Any:
     from connectors.filesystem import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FilesystemSource
-    from pipeline.errors import ConfigError
     from pipeline.sources import SourceBindings
 
-    if not _SOURCE_NAME.fullmatch(fs.name):
-        raise ConfigError(
-            f"--source {fs.name!r}: use letters, digits, '.', '_' or '-' (it is half of every document key)"
-        )
+    checked_name(fs.name)
     source = FilesystemSource(
         fs.path,
         home / "checkpoints" / f"{fs.name}.json",
@@ -1240,9 +1229,6 @@ def _fs_source(fs: FsOptions, settings: Settings, home: Path) -> Any:
     )
     SourceBindings(home / "sources.json").bind(source.name, source.identity, rebind=fs.rebind)
     return source
-
-
-_SOURCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 def _parse_filters(raw: list[str]) -> dict[str, str]:

@@ -217,8 +217,7 @@ def with_evaluations(
 
 
 def _embedded_pending(admin: Admin) -> PendingOf:
-    home = admin.settings.state_dir / "indexes" / admin.name
-    bound = set(SourceBindings(home / "sources.json").names())
+    bound = set(SourceBindings(admin.settings.index_home / "sources.json").names())
 
     def pending(_version: IndexVersion, lifecycle: Lifecycle) -> tuple[str, ...]:
         if lifecycle.live_since is not None or lifecycle.unaliased_at is not None:

@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, get_args
 
 from pydantic import (
     BaseModel,
@@ -234,15 +234,17 @@ class HttpSettings(BaseModel):
         return value
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+
+
 class Settings(BaseSettings):
     """Build with :meth:`load`, which reads the TOML file and the environment itself."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
 
     state_dir: Path = Field(Path(".embedstream"), description="Embedded store, cache, checkpoints")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "WARNING", description="DEBUG, INFO, WARNING or ERROR, in any case"
-    )
+    log_level: LogLevel = Field("WARNING", description="DEBUG, INFO, WARNING or ERROR, in any case")
     strict: bool = Field(False, description="Unknown keys in the TOML file or EMBEDSTREAM_* env are errors")
     drain_timeout_s: float = Field(
         60.0, gt=0, description="Longest SIGTERM drain of a daemon or watch before it exits uncommitted"
@@ -259,8 +261,9 @@ class Settings(BaseSettings):
     @classmethod
     def _level_in_any_case(cls, value: object) -> object:
         # Only a known name is upper-cased, so an error quotes what the user wrote.
-        known = isinstance(value, str) and value.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"}
-        return value.upper() if known and isinstance(value, str) else value
+        if isinstance(value, str) and value.upper() in LOG_LEVELS:
+            return value.upper()
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -306,6 +309,11 @@ class Settings(BaseSettings):
     @property
     def qdrant_dir(self) -> Path:
         return self.state_dir / "qdrant"
+
+    @property
+    def index_home(self) -> Path:
+        """The index's own files: sources' checkpoints and name bindings, backfill scratch."""
+        return self.state_dir / "indexes" / self.index.name
 
     def masked_json(self) -> str:
         """The effective configuration with secrets shown as ``**********``."""

@@ -29,7 +29,8 @@ from pipeline.embedded import EmbeddedPipeline
 from pipeline.errors import ConfigError, EmbedstreamError, StoreLocked, StoreUnavailable
 from pipeline.files import atomic_write
 from pipeline.http import DaemonServer, Reply, bearer, is_loopback, split_addr
-from pipeline.search import SearchAnswer, nothing_found
+from pipeline.index import live_version
+from pipeline.search import SearchAnswer, live_documents, nothing_found
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -134,16 +135,15 @@ def _search(pipeline: EmbeddedPipeline, identity: Identity, body: Mapping[str, A
     if refused := _refusal(identity, body, model=True):
         return refused
     results = [r.as_json() for r in pipeline.search(query, k, filters)]
-    empty = None if results else nothing_found(identity.index, _live_documents(pipeline.status()), filters)
-    return {"results": results, "empty": empty}
+    if results:
+        return {"results": results, "empty": None}
+    with pipeline.locked():
+        documents = live_documents(pipeline.store, live_version(pipeline.store, identity.index))
+    return {"results": results, "empty": nothing_found(identity.index, documents, filters)}
 
 
 def _status(pipeline: EmbeddedPipeline, identity: Identity, body: Mapping[str, Any]) -> Any:
     return _refusal(identity, body, model=False) or pipeline.status()
-
-
-def _live_documents(status: Mapping[str, Any]) -> int:
-    return sum(int(v["documents"]) for v in status["versions"] if v["live"])
 
 
 def remote_search(

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.rejects import Rejects
-from connectors.rows import RowError, RowFormat
+from connectors.rows import RowFormat
 from pipeline.bus import Bus, Consumer, Record
 from pipeline.errors import InvalidEvent
 from pipeline.events import ChangeEvent
@@ -252,18 +252,12 @@ class DebeziumSource:
         return record_doc_id(record.key)
 
     def _event(self, doc_id: str, change: RowChange, report: PassReport) -> ChangeEvent:
-        rows = self.config.rows
-        deletion = ChangeEvent(source=self._name, doc_id=doc_id, op="delete", version=change.version)
-        if change.op == "delete" or rows.is_deleted(change.row):
-            return deletion
-        try:
-            text, metadata = rows.text(change.row), rows.metadata_of(change.row)
-        except RowError as exc:
-            report.skip(exc.reason, f"row {doc_id}", str(exc))
-            return deletion  # unindexable now: it loses its points
-        if not text or len(text.encode("utf-8")) > self.max_bytes:
-            report.skip("empty" if not text else "too_large", f"row {doc_id}")
-            return deletion
+        document = None
+        if change.op != "delete":
+            document = self.config.rows.document(change.row, self.max_bytes, report, f"row {doc_id}")
+        if document is None:  # deleted, or unindexable now: it loses its points
+            return ChangeEvent(source=self._name, doc_id=doc_id, op="delete", version=change.version)
+        text, metadata = document
         return ChangeEvent(
             source=self._name, doc_id=doc_id, op="upsert", text=text, metadata=metadata,
             version=change.version,

@@ -18,6 +18,7 @@ from pydantic import JsonValue
 
 from pipeline.errors import ConfigError
 from pipeline.hashing import normalize_text
+from pipeline.sources import PassReport
 
 __all__ = ["RowError", "RowFormat", "is_deleted", "json_value", "unescape"]
 
@@ -88,6 +89,23 @@ class RowFormat:
 
     def metadata_of(self, row: Mapping[str, object]) -> dict[str, JsonValue]:
         return {name: json_value(_cell(row, name)) for name in self.metadata}
+
+    def document(
+        self, row: Mapping[str, object], max_bytes: int, report: PassReport, what: str
+    ) -> tuple[str, dict[str, JsonValue]] | None:
+        """The row's text and metadata, or None when it is no document now: soft-deleted, or
+        unindexable (reported under ``what``), so it loses its points."""
+        try:
+            if self.is_deleted(row):
+                return None
+            text, metadata = self.text(row), self.metadata_of(row)
+        except RowError as exc:
+            report.skip(exc.reason, what, str(exc))
+            return None
+        if not text or len(text.encode("utf-8")) > max_bytes:
+            report.skip("empty" if not text else "too_large", what)
+            return None
+        return text, metadata
 
     def is_deleted(self, row: Mapping[str, object]) -> bool:
         return self.deleted_column is not None and is_deleted(_cell(row, self.deleted_column))

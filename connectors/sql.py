@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from connectors.keystates import Checkpointed, Documents, KeyStates
-from connectors.rows import RowError, RowFormat
+from connectors.rows import RowFormat
 from pipeline.errors import ConfigError, RetryableError
 from pipeline.faults import crash_point
 from pipeline.sources import Change, PassReport
@@ -374,18 +374,11 @@ class SqlSource:
     def _row_change(self, row: Mapping[str, object], report: PassReport, positions: dict[str, str]) -> Change:
         doc_id = str(row[self.config.key])
         natural = natural_version(row[self.config.version])
-        rows = self.config.rows
-        if rows.is_deleted(row):
+        document = self.config.rows.document(row, self.max_bytes, report, f"row {doc_id}")
+        if document is None:
+            # Deleted, or unindexable now: it loses its points (read again by the next key diff).
             return self._docs.delete(doc_id, natural, positions)
-        try:
-            text, metadata = rows.text(row), rows.metadata_of(row)
-        except RowError as exc:
-            report.skip(exc.reason, f"row {doc_id}", str(exc))
-            return self._docs.delete(doc_id, natural, positions)
-        if not text or len(text.encode("utf-8")) > self.max_bytes:
-            # Unindexable now: it loses its points, and is read again by the next key diff.
-            report.skip("empty" if not text else "too_large", f"row {doc_id}")
-            return self._docs.delete(doc_id, natural, positions)
+        text, metadata = document
         change = self._docs.upsert(doc_id, text, metadata, natural, positions)
         if change.event is None and doc_id not in self._visited:
             report.unchanged += 1

@@ -144,10 +144,6 @@ class Documents:
         state = self._emitted.get(doc_id)
         return state is not None and state.deleted
 
-    def is_live(self, doc_id: str) -> bool:
-        last = self.last(doc_id)
-        return last is not None and not last.deleted
-
     def upsert(
         self,
         doc_id: str,

@@ -350,11 +350,12 @@ class SqlSource:
         for row in self._rows(self.relation.keys()):
             if not self.config.rows.is_deleted(row):
                 present[str(row[self.config.key])] = row[self.config.key]
-        for doc_id in sorted(self._docs.live_ids() - present.keys()):
+        live = self._docs.live_ids()  # one query, not one per row of the table
+        for doc_id in sorted(live - present.keys()):
             last = self._docs.last(doc_id)
             assert last is not None
             yield self._docs.delete(doc_id, last.version + 1)
-        missing = [raw for doc_id, raw in present.items() if not self._docs.is_live(doc_id)]
+        missing = [raw for doc_id, raw in present.items() if doc_id not in live]
         page = self.config.page_size
         for start in range(0, len(missing), page):
             for row in self._rows(self.relation.rows_with_keys(missing[start : start + page])):

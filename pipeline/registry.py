@@ -14,7 +14,7 @@ hundred milliseconds; it holds one small record per version.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from pipeline.bus import Outgoing, Producer, Record
@@ -144,10 +144,6 @@ def claim_version(
     publish_version(bus, topics, planned())
     # Two first workers racing: the table keeps the last record, and both read it back.
     return read_versions(bus, topics, name)[number]
-
-
-def specs_by_number(versions: Mapping[int, IndexVersion]) -> list[IndexVersion]:
-    return [versions[n] for n in sorted(versions)]
 
 
 # --------------------------------------------------------------------------- daemons

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError, Refused
-from pipeline.evaluation import EvalReport
 from pipeline.index import (
     DocStates,
     IndexVersion,
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 
 LagOf = Callable[[IndexVersion], int | None]
 PendingOf = Callable[[IndexVersion, Lifecycle], tuple[str, ...]]
-EvaluateOf = Callable[[IndexVersion], EvalReport | None]
 
 
 @dataclass(frozen=True)
@@ -56,9 +54,9 @@ def version_states(
     lag_of: LagOf,
     *,
     pending_of: PendingOf | None = None,
-    evaluate_of: EvaluateOf | None = None,
 ) -> list[VersionState]:
-    """Every version of index ``name``, oldest first, with counts, lag and (optionally) scores."""
+    """Every version of index ``name``, oldest first, with counts and lag (scores are added
+    by the caller that wants them)."""
     live = store.get_alias(name)
     states = []
     for version in versions(store, name):
@@ -73,7 +71,6 @@ def version_states(
                 lag=lag_of(version),
                 lifecycle=lifecycle,
                 pending=() if is_live or pending_of is None else pending_of(version, lifecycle),
-                evaluation=evaluate_of(version) if evaluate_of is not None else None,
             )
         )
     return states
@@ -144,9 +141,10 @@ def collect_garbage(
     *,
     abandon: Iterable[int] = (),
     dry_run: bool = False,
-    on_drop: Callable[[IndexVersion], None] | None = None,
+    on_drop: Callable[[IndexVersion, GcChoice], None] | None = None,
 ) -> GcChoice:
-    """Drop what :func:`pipeline.migrations.gc_choice` says (unless ``dry_run``)."""
+    """Drop what :func:`pipeline.migrations.gc_choice` says (unless ``dry_run``); ``on_drop``
+    follows each drop, told the whole choice."""
     abandoned = set(abandon)
     unknown = abandoned - {s.version.version for s in states}
     if unknown:
@@ -159,7 +157,7 @@ def collect_garbage(
         for version in choice.drop:
             drop_version(store, version)
             if on_drop is not None:
-                on_drop(version)
+                on_drop(version, choice)
             log.info("dropped %s", version.collection)
     return choice
 

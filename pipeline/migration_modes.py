@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +33,7 @@ from pipeline.migrating import (
     rollback,
     version_states,
 )
-from pipeline.migrations import GcChoice, VersionState, gc_choice, next_number, plan_version
+from pipeline.migrations import GcChoice, VersionState, next_number, plan_version
 from pipeline.observe import NullObserver
 from pipeline.registry import forget_version, publish_version, read_versions
 from pipeline.runtime import Runtime
@@ -276,8 +275,14 @@ def _newest_other(found: Sequence[VersionState], live: int | None) -> int:
     return max(others)
 
 
+def _listed(admin: Admin) -> list[VersionState]:
+    """The versions without their lag: what rollback and gc read (no broker round trips,
+    so a rollback works while Kafka is down)."""
+    return version_states(admin.store, admin.name, lambda _version: None)
+
+
 def rollback_version(admin: Admin, to: int | None) -> Swap:
-    return rollback(admin.store, _states(admin), to)
+    return rollback(admin.store, _listed(admin), to)
 
 
 def gc(admin: Admin, abandon: Sequence[int], *, dry_run: bool) -> GcChoice:
@@ -285,12 +290,12 @@ def gc(admin: Admin, abandon: Sequence[int], *, dry_run: bool) -> GcChoice:
     topic) and vectors topics, unless a remaining version still reads those vectors (a
     rebuild): then its embed workers keep running, checked against the spec they keep."""
     retention_s = admin.settings.index.gc_retention_hours * 3600
-    found = _states(admin)
+    found = _listed(admin)
     kafka, topics = admin.kafka, admin.runtime.topics
-    gone = {v.version for v in gc_choice(found, time.time(), retention_s, abandon).drop}
-    still_read = {s.version.vectors_version for s in found if s.version.version not in gone}
 
-    def forget(version: IndexVersion) -> None:
+    def forget(version: IndexVersion, choice: GcChoice) -> None:
+        gone = {v.version for v in choice.drop}
+        still_read = {s.version.vectors_version for s in found if s.version.version not in gone}
         if kafka is not None and version.version not in still_read:
             forget_version(kafka, topics, version)
             kafka.delete_topics([topics.vectors(admin.name, version.version)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import pytest
 
 from connectors.filesystem import FilesystemSource
 from pipeline.backfill import backfill_source
+from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
 from pipeline.embedded import EmbeddedPipeline
 from pipeline.errors import Refused
 from pipeline.hashing import normalize_text
@@ -33,7 +35,7 @@ from pipeline.migration_modes import (
     start,
     states,
 )
-from pipeline.settings import Settings
+from pipeline.settings import KafkaSettings, Settings
 from pipeline.sources import SourceBindings
 from pipeline.store import VectorStore
 from tests.groundtruth import assert_index_equals, expected_chunks, text_files
@@ -310,3 +312,21 @@ def test_a_same_model_rebuild_with_another_storage_encodes_nothing(index, eval_f
     best = index.pipe.search(query, k=3)
     assert best[0].doc_id == STABLE[4]
     assert 0.99 < best[0].score <= 1.0001  # a cosine, not a distance between codes
+
+
+def test_a_rollback_needs_no_broker(index, eval_files, other_tiny_model):
+    """Rollback reads no consumer lag: with Kafka configured but unreachable (the outage a
+    rollback is often for), it still swaps the alias back."""
+    index.run()
+    exact_chunk_queries(index, eval_files)
+    index.start(StorageChoice(model=str(other_tiny_model)))
+    index.run()
+    index.promote()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])  # closed again on exit: nothing listens there
+    timeouts = KafkaTimeouts(request_ms=2_000, bootstrap_ms=2_000, delivery_ms=4_000)
+    unreachable = KafkaBus(KafkaSettings(bootstrap=f"127.0.0.1:{port}"), timeouts=timeouts)
+    with index.pipe.locked():
+        rollback_version(Admin(index.settings, index.pipe.runtime, unreachable), None)
+    assert live_version(index.store, "docs").version == 1

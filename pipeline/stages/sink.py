@@ -144,10 +144,6 @@ class SinkStage:
         doc_states = DocStates(self._store, version)
         recorded = doc_states.get(list(dict.fromkeys(e.key for e in events)))
         batch = plan_batch([(e.key, _incoming(e)) for e in events], recorded)
-        for event, outcome in zip(events, batch.outcomes, strict=True):
-            self._observer.doc_outcome(outcome)
-            if outcome is Outcome.STALE:
-                log.info("ignored stale %s v%d: the index reflects a newer version", event.key, event.version)
         writes = {key: (events[i], plan) for key, (i, plan) in batch.writes.items()}
         started = time.perf_counter()
         points = [
@@ -167,6 +163,11 @@ class SinkStage:
         crash_point("sink.after_delete")
         self._store.flush()
         crash_point("sink.after_flush")
+        # Reported once durable: a batch that failed and is retried (or split) counts once.
+        for event, outcome in zip(events, batch.outcomes, strict=True):
+            self._observer.doc_outcome(outcome)
+            if outcome is Outcome.STALE:
+                log.info("ignored stale %s v%d: the index reflects a newer version", event.key, event.version)
         self._observer.upserted(time.perf_counter() - started, len(points), deleted)
         now = time.time()
         self._observer.freshness(self.name, [max(0.0, now - e.emitted_at) for e in events])

@@ -306,6 +306,27 @@ def test_a_transient_fault_while_creating_the_first_version_is_retried_to_comple
     index.assert_exact({"fs": docs})
 
 
+def test_a_batch_retried_after_a_store_fault_is_counted_once(index, docs, settings):
+    """The sink's point write fails transiently and the batch is retried: the new document is
+    reported once (as added), not once per attempt."""
+    store = EdgeStore(settings.qdrant_dir)
+    index.open(store=store)
+    index.run(docs)  # the index version exists: the fault below hits a document batch
+    write(docs, "fish.md", "# Fish\n\n" + paragraphs("fish", 3))
+    calls = []
+
+    def flaky(*_args: Any, **_kwargs: Any) -> None:
+        calls.append(True)
+        if len(calls) == 1:
+            raise StoreUnavailable("injected: the store blinked")
+
+    index.open(store=FaultyStore(store, {"upsert": flaky}))  # type: ignore[arg-type]
+    summary = index.run(docs)
+    assert len(calls) > 1  # the fault happened and the write was retried
+    assert (summary.added, summary.changed, summary.unchanged) == (1, 0, 3)
+    index.assert_exact({"fs": docs})
+
+
 def test_a_first_document_without_readable_words_is_dead_lettered_not_retried(index, docs):
     """Zero-width spaces only: dead-lettered as empty; the next documents create the index."""
     write(docs, "aaa-invisible.md", "\u200b\u200b\u200b\n\n\u200b")

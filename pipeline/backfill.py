@@ -20,16 +20,13 @@ from pathlib import Path
 
 from pipeline.embedded import EmbeddedPipeline
 from pipeline.index import find_version, read_lifecycle
+from pipeline.indexer import SLICE, Progress
 from pipeline.migrating import mark_backfilled
 from pipeline.runtime import run_source_pass
 from pipeline.settings import Settings
 from pipeline.sources import Source
 
 log = logging.getLogger(__name__)
-
-SLICE = 64  # as a normal pass: documents per embed batch
-
-Progress = Callable[[float, int | None], None]  # (documents done, total if known)
 
 
 @dataclass(frozen=True)

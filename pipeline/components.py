@@ -41,10 +41,15 @@ def check_index_dims(settings: Settings) -> None:
         raise ConfigError(msg)
 
 
+def chunk_tokens(encoder: Encoder, settings: Settings) -> int:
+    """Tokens per chunk: the configured size, else the default within what the model reads."""
+    return settings.chunking.max_tokens or min(DEFAULT_CHUNK_TOKENS, encoder.max_tokens - 2)
+
+
 def make_chunker(encoder: Encoder, settings: Settings) -> Chunker:
     # Two positions go to the model's special tokens ([CLS], [SEP]).
     room = encoder.max_tokens - 2
-    size = settings.chunking.max_tokens or min(DEFAULT_CHUNK_TOKENS, room)
+    size = chunk_tokens(encoder, settings)
     if size > room:
         msg = f"chunking.max_tokens={size} exceeds what the model reads ({room})"
         raise ConfigError(msg)

@@ -24,7 +24,7 @@ from pipeline.dlq import LocalDeadLetters
 from pipeline.encoder import Encoder
 from pipeline.errors import ConfigError
 from pipeline.events import ChangeEvent
-from pipeline.index import DocStates, IndexVersion, live_version, versions
+from pipeline.index import DocStates, IndexVersion, find_version, live_version, versions
 from pipeline.lanes import Lane, backfill_topic, build_lane
 from pipeline.observe import NullObserver, Observer, Observers, RunStats
 from pipeline.runtime import Runtime
@@ -85,13 +85,14 @@ class EmbeddedPipeline:
     @property
     def stats(self) -> RunStats:
         """Totals of the live version's lane (the version ``index`` reports on)."""
-        return self._stats.setdefault(self.version_number, RunStats())
+        return self.version_stats(self.version_number)
 
     def _build_workers(self) -> None:
         settings = self.settings
         check_index_dims(settings)
         found = versions(self.store, settings.index.name)
-        live = live_version(self.store, settings.index.name)
+        alias = self.store.get_alias(settings.index.name)
+        live = next((v for v in found if v.collection == alias), None)
         chunking = effective_chunking(self.encoder, settings)
         check_matches_a_version(found, live, settings.index, self.encoder.fingerprint, chunking)
         self.version_number = live.version if live else (found[-1].version if found else 1)
@@ -105,7 +106,7 @@ class EmbeddedPipeline:
         self._sink = self._lanes[self.version_number].sink_stage
 
     def _observer_for(self, number: int) -> Observer:
-        stats = self._stats.setdefault(number, RunStats())
+        stats = self.version_stats(number)
         if number != self.version_number:
             return stats  # a building (or retired) version: counted apart from the summary
         return Observers(stats, self.progress, *self._external)
@@ -160,8 +161,7 @@ class EmbeddedPipeline:
         with self._lock:
             version = self._sink.version
             if version is None:
-                found = versions(self.store, self.settings.index.name)
-                version = next((v for v in found if v.version == self.version_number), None)
+                version = find_version(self.store, self.settings.index.name, self.version_number)
             return DocStates(self.store, version).live(source) if version is not None else {}
 
     def dead_letters(self) -> list[dict[str, str]]:

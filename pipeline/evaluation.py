@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from pipeline.errors import ConfigError
+from pipeline.store import Datatype, Quantization
 
 Qrels = Mapping[str, Mapping[str, int]]
 """query id -> document id -> graded relevance (> 0 is relevant)."""
@@ -29,8 +29,6 @@ Qrels = Mapping[str, Mapping[str, int]]
 SearchFn = Callable[[str], Sequence[str]]
 """Query text -> document ids, best first."""
 
-Datatype = Literal["float32", "float16", "uint8"]
-Quantization = Literal["none", "int8", "binary", "product"]
 
 _DATATYPE_BYTES: Mapping[str, int] = {"float32": 4, "float16": 2, "uint8": 1}
 _QRELS_HEADER = ("query-id", "corpus-id", "score")

@@ -24,7 +24,6 @@ from pipeline.worker import Worker
 
 @dataclass
 class Lane:
-    number: int
     embed: Worker
     sink_stage: SinkStage
     sink: Worker
@@ -44,7 +43,7 @@ class Lane:
 
 def backfill_topic(runtime: Runtime, number: int) -> str:
     """The in-process topic that replays a source into version ``number`` only."""
-    return f"{runtime.topics.prefix}.backfill.{runtime.settings.index.name}-v{number}"
+    return runtime.topics.backfill(runtime.settings.index.name, number)
 
 
 def build_lane(
@@ -60,7 +59,7 @@ def build_lane(
     sink = runtime.sink_stage(number, _planner(runtime, number) if spec is None else None, observer)
     vectors = [runtime.input_topic(sink, number)]
     sink_worker = runtime.worker(sink, bus.consumer(f"sink-v{number}", vectors), producer, poll_timeout_s=0)
-    return Lane(number, embed_worker, sink, sink_worker)
+    return Lane(embed_worker, sink, sink_worker)
 
 
 def _planner(runtime: Runtime, number: int) -> PlanVersion:

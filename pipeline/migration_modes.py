@@ -229,11 +229,12 @@ def _embedded_pending(admin: Admin) -> PendingOf:
 def _embedded_lag(admin: Admin, pending: PendingOf) -> LagOf:
     """Documents of the live version from sources not yet replayed into the version."""
 
+    live = live_version(admin.store, admin.name)
+
     def lag(version: IndexVersion) -> int:
-        live = live_version(admin.store, admin.name)
-        missing = pending(version, read_lifecycle(admin.store, version))
-        if live is None or live.version == version.version or not missing:
+        if live is None or live.version == version.version:
             return 0
+        missing = pending(version, read_lifecycle(admin.store, version))
         states = DocStates(admin.store, live)
         return sum(states.live_count(source) for source in missing)
 

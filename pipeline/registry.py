@@ -42,12 +42,7 @@ def version_key(name: str, number: int) -> str:
 
 def publish_version(bus: VersionBus, topics: Topics, version: IndexVersion) -> None:
     """Write ``version``'s spec (returns once the broker acknowledged it)."""
-    value = json.dumps(version.to_json(), sort_keys=True).encode()
-    producer = bus.producer()
-    try:
-        producer.send([Outgoing(topics.versions, version_key(version.name, version.version), value)])
-    finally:
-        producer.close()
+    _record(bus, topics, version, json.dumps(version.to_json(), sort_keys=True).encode())
 
 
 def read_versions(bus: VersionBus, topics: Topics, name: str) -> dict[int, IndexVersion]:
@@ -80,9 +75,13 @@ def _parse(key: str, raw: bytes) -> IndexVersion:
 
 def forget_version(bus: VersionBus, topics: Topics, version: IndexVersion) -> None:
     """A tombstone for a dropped version (``migrate gc``), so compaction removes its spec."""
+    _record(bus, topics, version, None)
+
+
+def _record(bus: VersionBus, topics: Topics, version: IndexVersion, value: bytes | None) -> None:
     producer = bus.producer()
     try:
-        producer.send([Outgoing(topics.versions, version_key(version.name, version.version), None)])
+        producer.send([Outgoing(topics.versions, version_key(version.name, version.version), value)])
     finally:
         producer.close()
 

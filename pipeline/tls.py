@@ -58,6 +58,17 @@ def client_context(
     return context
 
 
+def certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``exc``, if any: client libraries
+    (kafka-python, httpx) re-raise a failed handshake as their own error while handling
+    the ssl one, so the cause is on the exception chain, not in its type."""
+    for _ in range(10):
+        if exc is None or isinstance(exc, ssl.SSLCertVerificationError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _load_client_cert(
     context: ssl.SSLContext, certfile: Path, keyfile: Path | None, password: SecretStr | None
 ) -> None:

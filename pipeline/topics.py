@@ -25,3 +25,7 @@ class Topics:
 
     def vectors(self, index: str, version: int) -> str:
         return f"{self.prefix}.vectors.{index}-v{version}"
+
+    def backfill(self, index: str, version: int) -> str:
+        """Embedded mode only: the in-process topic replaying a source into one version."""
+        return f"{self.prefix}.backfill.{index}-v{version}"

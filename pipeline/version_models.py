@@ -10,7 +10,7 @@ once per process and checked against the fingerprint the version was built with.
 from __future__ import annotations
 
 from pipeline.chunking import Chunker
-from pipeline.components import DEFAULT_CHUNK_TOKENS, make_chunker, make_encoder
+from pipeline.components import chunk_tokens, make_chunker, make_encoder
 from pipeline.encoder import Encoder, SentenceTransformerEncoder
 from pipeline.errors import ConfigError
 from pipeline.index import IndexVersion
@@ -72,8 +72,7 @@ class VersionEncoders:
 
 def effective_chunking(encoder: Encoder, settings: Settings) -> tuple[int, int]:
     """(tokens, overlap) the settings' chunker cuts with for ``encoder`` (what a version records)."""
-    room = encoder.max_tokens - 2  # as make_chunker: two positions go to [CLS] and [SEP]
-    return settings.chunking.max_tokens or min(DEFAULT_CHUNK_TOKENS, room), settings.chunking.overlap_tokens
+    return chunk_tokens(encoder, settings), settings.chunking.overlap_tokens
 
 
 def full_dims(encoder: Encoder) -> int:

@@ -81,11 +81,11 @@ from pipeline.evaluation import (  # noqa: E402
 from pipeline.events import Matrix  # noqa: E402
 from pipeline.hashing import normalize_text, point_id  # noqa: E402
 from pipeline.index import IndexVersion  # noqa: E402
+from pipeline.search import FIRST_HITS_PER_DOCUMENT as CHUNKS_PER_DOCUMENT  # noqa: E402
 from pipeline.settings import IndexSettings, Settings  # noqa: E402
 from pipeline.store import PointWrite, SearchOptions  # noqa: E402
 from pipeline.store.edge import EdgeStore  # noqa: E402
 
-CHUNKS_PER_DOCUMENT = 4  # as EmbeddedPipeline.search: limit = 4 x k chunks
 UPSERT_BATCH = 256
 
 

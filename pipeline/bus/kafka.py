@@ -41,7 +41,7 @@ from pipeline.errors import (
     MessageTooLarge,
 )
 from pipeline.settings import KafkaSettings
-from pipeline.tls import client_context
+from pipeline.tls import certificate_error, client_context
 
 with warnings.catch_warnings():
     # kafka-python 3.0.12 loads its protocol schemas at import time through
@@ -782,7 +782,7 @@ class _Translator:
         """Raise :class:`AuthenticationFailed` if ``exc`` is a rejection; else return."""
         if isinstance(exc, kafka_errors.SaslAuthenticationFailedError):
             raise AuthenticationFailed(f"kafka {action}: {self._login_rejected(exc)}") from exc
-        certificate = _certificate_error(exc)
+        certificate = certificate_error(exc)
         if certificate is not None:
             raise AuthenticationFailed(f"kafka {action}: {self._certificate_rejected(certificate)}") from exc
 
@@ -814,22 +814,8 @@ def _reason(error: ssl.SSLCertVerificationError) -> str:
     return str(error.verify_message or error).rstrip(".")
 
 
-def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind ``exc``, if any.
-
-    kafka-python wraps a failed TLS handshake in a KafkaConnectionError raised while
-    handling the ssl error, so the cause is on the exception chain, not in its type.
-    """
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return exc
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return None
-
-
 def _is_rejection(exc: BaseException | None) -> bool:
-    return isinstance(exc, kafka_errors.SaslAuthenticationFailedError) or _certificate_error(exc) is not None
+    return isinstance(exc, kafka_errors.SaslAuthenticationFailedError) or certificate_error(exc) is not None
 
 
 def _raise_translated(action: str, exc: Exception) -> NoReturn:

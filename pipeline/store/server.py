@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import ipaddress
 import json
-import ssl
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +53,7 @@ from pipeline.store import (
     version_parts,
     with_version_parts,
 )
+from pipeline.tls import certificate_error, client_context
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -104,7 +104,7 @@ class ServerStore:
         if ca_file is not None:
             # httpx verifies against this CA only. The client's background version check
             # would not use it and only warn, so it is skipped.
-            tls = {"verify": ssl.create_default_context(cafile=str(ca_file)), "check_compatibility": False}
+            tls = {"verify": client_context(ca_file), "check_compatibility": False}
         with warnings.catch_warnings():
             # Our own check above decided that this key may go over http (loopback or allowed).
             warnings.filterwarnings("ignore", _INSECURE_KEY_WARNING, UserWarning)
@@ -305,7 +305,7 @@ class ServerStore:
         try:
             yield
         except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
-            certificate = _certificate_error(exc)
+            certificate = certificate_error(exc)
             if certificate is not None:
                 raise AuthenticationFailed(
                     f"TLS certificate of the Qdrant server at {self._url} is not trusted: "
@@ -415,15 +415,6 @@ def _server_message(exc: UnexpectedResponse) -> str:
     except (ValueError, KeyError, TypeError):
         error = exc.content.decode("utf-8", "replace")
     return str(error)[:500]
-
-
-def _certificate_error(exc: BaseException | None) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind ``exc`` (httpx wraps it twice), if any."""
-    for _ in range(10):
-        if exc is None or isinstance(exc, ssl.SSLCertVerificationError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def refuse_clear_text_key(url: str | None, api_key: str | None, allowed: bool) -> None:

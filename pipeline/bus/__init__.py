@@ -77,13 +77,22 @@ class Bus(Protocol):
     def ensure_topics(self, specs: Sequence[TopicSpec]) -> None: ...
 
 
+def key_bytes(key: str) -> bytes:
+    """The key's bytes: a key polled with undecodable bytes goes back out unchanged.
+
+    A lone surrogate that did not come from decoding (e.g. ``"\\ud800"`` in an event's
+    JSON) has no UTF-8 form; it is written as its surrogate code unit rather than making
+    the send fail, since even its dead letter has to be written under that key.
+    """
+    try:
+        return key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "surrogatepass")
+
+
 def partition_for(key: str, partitions: int) -> int:
     """Stable partition choice for the in-process bus (Kafka uses its own murmur2)."""
-    # surrogateescape: a key that arrived as non-UTF-8 bytes still has a stable partition.
-    return (
-        int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[:4], "big")
-        % partitions
-    )
+    return int.from_bytes(hashlib.sha256(key_bytes(key)).digest()[:4], "big") % partitions
 
 
 def next_offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:

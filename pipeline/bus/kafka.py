@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from pipeline.bus import Outgoing, Record, TopicSpec, next_offsets
+from pipeline.bus import Outgoing, Record, TopicSpec, key_bytes, next_offsets
 from pipeline.errors import (
     AuthenticationFailed,
     BusUnavailable,
@@ -478,7 +478,7 @@ def _send_one(producer: Any, message: Outgoing) -> Any:
     try:
         return producer.send(
             message.topic,
-            key=_key_bytes(message.key),
+            key=key_bytes(message.key),
             value=message.value,
             headers=list(message.headers),
         )
@@ -488,20 +488,7 @@ def _send_one(producer: Any, message: Outgoing) -> Any:
 
 def _size(message: Outgoing) -> int:
     headers = sum(len(name) + len(value) for name, value in message.headers)
-    return len(_key_bytes(message.key)) + len(message.value or b"") + headers
-
-
-def _key_bytes(key: str) -> bytes:
-    """The key's bytes: a key polled with undecodable bytes goes back out unchanged.
-
-    A lone surrogate that did not come from decoding (e.g. ``"\\ud800"`` in an event's
-    JSON) has no UTF-8 form; it is written as its surrogate code unit rather than making
-    the send fail, since even its dead letter has to be written under that key.
-    """
-    try:
-        return key.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return key.encode("utf-8", "surrogatepass")
+    return len(key_bytes(message.key)) + len(message.value or b"") + headers
 
 
 def _shown(key: str, limit: int = 200) -> str:

@@ -67,7 +67,7 @@ from pipeline.errors import (
     RetryableError,
     StoreLocked,
 )
-from pipeline.settings import LOG_LEVELS, Settings
+from pipeline.settings import ENV_PREFIX, LOG_LEVELS, Settings
 from pipeline.settings_layers import Override
 
 if TYPE_CHECKING:
@@ -146,9 +146,7 @@ def load_settings(
     command's further options, e.g. ``Override("http.addr", http, "flag --http")``."""
     given = [
         *_GLOBAL_FLAGS.get(),
-        *_flag("state_dir", state_dir, "--state-dir", "EMBEDSTREAM_STATE_DIR"),
-        *_flag("index.name", index, "--index", "EMBEDSTREAM_INDEX__NAME"),
-        *_flag("model.name", model, "--model", "EMBEDSTREAM_MODEL__NAME"),
+        *_shared_flags(state_dir, index, model),
         *flags,
     ]
     settings = Settings.load(config or _GLOBAL_CONFIG.get(), flags=given, known_env=_cli_env_vars())
@@ -207,11 +205,21 @@ def _flag_shaped(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return help_option
 
 
-def _flag(key: str, value: object, option: str, envvar: str) -> list[Override]:
-    """An option's value as a flag, unless unset or filled by typer from ``envvar``: the
-    settings read that variable themselves and name it, not the flag, in errors."""
+def _shared_flags(state_dir: Path | None, index: str | None, model: str | None) -> list[Override]:
+    """The options every command has (before or after its name)."""
+    return [
+        *_flag("state_dir", state_dir, "--state-dir"),
+        *_flag("index.name", index, "--index"),
+        *_flag("model.name", model, "--model"),
+    ]
+
+
+def _flag(key: str, value: object, option: str) -> list[Override]:
+    """An option's value as a flag, unless unset or filled by typer from the setting's own
+    variable: the settings read that variable themselves and name it, not the flag, in errors."""
     if value is None:
         return []
+    envvar = ENV_PREFIX + key.upper().replace(".", "__")
     from_env = os.environ.get(envvar)
     if from_env is not None and value == (Path(from_env) if isinstance(value, Path) else from_env):
         return []
@@ -296,11 +304,7 @@ def main_callback(
     """The options shared by every command may also come before it:
     `embedstream --state-dir S index PATH` is `embedstream index PATH --state-dir S`
     (given in both places, the one after the command wins)."""
-    flags = [
-        *_flag("state_dir", state_dir, "--state-dir", "EMBEDSTREAM_STATE_DIR"),
-        *_flag("index.name", index_name, "--index", "EMBEDSTREAM_INDEX__NAME"),
-        *_flag("model.name", model, "--model", "EMBEDSTREAM_MODEL__NAME"),
-    ]
+    flags = _shared_flags(state_dir, index_name, model)
     _GLOBAL_CONFIG.set(config)
     if log_level is not None and _on_command_line(ctx, "log_level"):
         flags.append(Override("log_level", log_level, "flag --log-level"))
@@ -505,7 +509,7 @@ def watch(
         from pipeline.metrics import PrometheusObserver
         from pipeline.watching import serve_pipeline
 
-        http_flag = _flag("http.addr", http, "--http", "EMBEDSTREAM_HTTP__ADDR")
+        http_flag = _flag("http.addr", http, "--http")
         settings = load_settings(config, state_dir, index_name, model, flags=http_flag)
         registry = CollectorRegistry()
         observer = PrometheusObserver(registry, settings.index.name)
@@ -673,8 +677,8 @@ def daemon_settings(
     http: str | None, bootstrap: str | None,
 ) -> Settings:  # fmt: skip
     flags = [
-        *_flag("http.addr", http, "--http", "EMBEDSTREAM_HTTP__ADDR"),
-        *_flag("kafka.bootstrap", bootstrap, "--bootstrap", "EMBEDSTREAM_KAFKA__BOOTSTRAP"),
+        *_flag("http.addr", http, "--http"),
+        *_flag("kafka.bootstrap", bootstrap, "--bootstrap"),
     ]
     return load_settings(config, state_dir, index, model, flags=flags)
 
@@ -1227,7 +1231,7 @@ def _fs_source(fs: FsOptions, settings: Settings, home: Path) -> Any:
         max_bytes=settings.limits.max_doc_bytes,
         follow_symlinks=fs.follow_symlinks,
     )
-    SourceBindings(home / "sources.json").bind(source.name, source.identity, rebind=fs.rebind)
+    SourceBindings.of(home).bind(source.name, source.identity, rebind=fs.rebind)
     return source
 
 

@@ -144,6 +144,11 @@ JsonlOpt = Annotated[
 ]
 
 
+def _name_from(dotted: str) -> str:
+    """A default source name from a table or topic: ``public.articles`` -> ``articles``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", dotted.rpartition(".")[2])
+
+
 def checked_name(name: str) -> str:
     if not SOURCE_NAME.fullmatch(name):
         raise ConfigError(
@@ -189,7 +194,7 @@ class SqlOptions:
         """The given name, else the table's own (``public.articles`` -> ``articles``)."""
         if self.name:
             return checked_name(self.name)
-        return re.sub(r"[^A-Za-z0-9._-]", "_", self.table.rpartition(".")[2]) if self.table else "sql"
+        return _name_from(self.table) if self.table else "sql"
 
 
 def sql_source(options: SqlOptions, settings: Settings, home: Path) -> SqlSource:
@@ -209,7 +214,7 @@ def sql_source(options: SqlOptions, settings: Settings, home: Path) -> SqlSource
     )
     try:
         _ = source.relation  # columns checked now, not at the first row
-        SourceBindings(home / "sources.json").bind(name, source.identity, rebind=options.rebind)
+        SourceBindings.of(home).bind(name, source.identity, rebind=options.rebind)
     except BaseException:
         source.close()
         raise
@@ -233,7 +238,7 @@ def jsonl_source(path: Path, name: str | None, settings: Settings, home: Path) -
         rejects=LocalRejects(LocalDeadLetters(settings.state_dir / "dlq.jsonl")),
         stdin=sys.stdin.buffer if from_stdin else None,
     )
-    SourceBindings(home / "sources.json").bind(name, source.identity)
+    SourceBindings.of(home).bind(name, source.identity)
     return source
 
 
@@ -256,11 +261,11 @@ def debezium_source(
 
     if not options.topics:
         raise ConfigError("--topic is required: a Debezium change topic, e.g. dbserver1.public.articles")
-    name = checked_name(options.name or re.sub(r"[^A-Za-z0-9._-]", "_", options.topics[0].rpartition(".")[2]))
+    name = checked_name(options.name or _name_from(options.topics[0]))
     prefix = settings.kafka.topic_prefix
     group = options.group or f"{prefix}.debezium.{name}"
     config = DebeziumTopics(tuple(options.topics), group, options.rows.row_format("--topic"), options.key)
     rejects = KafkaRejects(bus.producer(), Topics(prefix).dlq)
     source = DebeziumSource(bus, config, name=name, rejects=rejects, max_bytes=settings.limits.max_doc_bytes)
-    SourceBindings(home / "sources.json").bind(name, source.identity)
+    SourceBindings.of(home).bind(name, source.identity)
     return source

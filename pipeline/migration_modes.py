@@ -216,7 +216,7 @@ def with_evaluations(
 
 
 def _embedded_pending(admin: Admin) -> PendingOf:
-    bound = set(SourceBindings(admin.settings.index_home / "sources.json").names())
+    bound = set(SourceBindings.of(admin.settings.index_home).names())
 
     def pending(_version: IndexVersion, lifecycle: Lifecycle) -> tuple[str, ...]:
         if lifecycle.live_since is not None or lifecycle.unaliased_at is not None:

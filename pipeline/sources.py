@@ -93,6 +93,11 @@ class SourceBindings:
     def __init__(self, path: Path) -> None:
         self._path = path
 
+    @classmethod
+    def of(cls, home: Path) -> SourceBindings:
+        """The bindings kept in an index's folder (:attr:`Settings.index_home`)."""
+        return cls(home / "sources.json")
+
     def bind(self, name: str, identity: str, *, rebind: bool = False) -> None:
         bound = self._load()
         current = bound.get(name)

@@ -87,7 +87,7 @@ class Index:
             name=name,
             max_bytes=self.pipe.settings.limits.max_doc_bytes,
         )
-        SourceBindings(home / "sources.json").bind(name, source.identity, rebind=rebind)
+        SourceBindings.of(home).bind(name, source.identity, rebind=rebind)
         return source
 
     def run(self, root: Path, name: str = "fs", **options: Any) -> IndexSummary:

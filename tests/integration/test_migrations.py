@@ -103,7 +103,7 @@ class Index:
 
     def source(self, home: Path) -> FilesystemSource:
         source = FilesystemSource(self.docs, home / "checkpoints" / "fs.json", name="fs")
-        SourceBindings(home / "sources.json").bind("fs", source.identity)
+        SourceBindings.of(home).bind("fs", source.identity)
         return source
 
     def run(self) -> None:

@@ -110,9 +110,10 @@ class RowFormat:
     def is_deleted(self, row: Mapping[str, object]) -> bool:
         return self.deleted_column is not None and is_deleted(_cell(row, self.deleted_column))
 
-    def check_columns(self, available: Sequence[str], where: str) -> None:
-        """Fail at start-up, naming what is missing, rather than on every row."""
-        missing = [c for c in self.columns() if c not in available]
+    def check_columns(self, available: Sequence[str], where: str, also: Sequence[str] = ()) -> None:
+        """Fail at start-up, naming what is missing (of ``also`` and the columns read), rather
+        than on every row."""
+        missing = [c for c in dict.fromkeys((*also, *self.columns())) if c not in available]
         if missing:
             msg = f"{where} has no column {', '.join(map(repr, missing))}; it has {', '.join(available)}"
             raise ConfigError(msg)

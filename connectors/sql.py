@@ -178,11 +178,7 @@ class _Relation:
         available = [c.name for c in source.columns]
         needed = (config.key, config.version, *config.rows.columns())
         where = f"table {config.table!r}" if config.table else "the query"
-        missing = [c for c in (config.key, config.version) if c not in available]
-        if missing:
-            shown = ", ".join(map(repr, missing))
-            raise ConfigError(f"{where} has no column {shown}; it has {', '.join(available)}")
-        config.rows.check_columns(available, where)
+        config.rows.check_columns(available, where, also=(config.key, config.version))
         self.key = source.columns[config.key]
         self.cursor = source.columns[config.version]
         self.selected = [source.columns[name] for name in dict.fromkeys(needed)]

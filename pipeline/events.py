@@ -25,6 +25,13 @@ Op = Literal["upsert", "delete"]
 Matrix = npt.NDArray[np.float32]
 
 
+def normalize_rows(matrix: Matrix) -> Matrix:
+    """Row-wise L2 normalization with torch's epsilon (``F.normalize``), so both agree."""
+    norms = np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    normalized: Matrix = (matrix / norms).astype(np.float32)
+    return normalized
+
+
 class ChangeEvent(BaseModel):
     """One document's new state, or its deletion, as a source saw it."""
 

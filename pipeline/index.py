@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.events import Matrix, split_key
+from pipeline.events import Matrix, normalize_rows, split_key
 from pipeline.faults import crash_point
 from pipeline.hashing import doc_state_id
 from pipeline.planner import DocState
@@ -121,9 +121,7 @@ class IndexVersion:
         so (float16 and the quantization index are Qdrant's to apply)."""
         stored = matrix
         if matrix.shape[1] != self.dims:
-            cut = matrix[:, : self.dims]
-            norms = np.linalg.norm(cut, axis=1, keepdims=True)
-            stored = (cut / np.maximum(norms, 1e-12)).astype(np.float32)
+            stored = normalize_rows(matrix[:, : self.dims])
         if self.datatype == "uint8":
             scaled = np.rint(stored * uint8_scale(self.dims))
             codes: Matrix = (np.clip(scaled, -127, 127) + 128).astype(np.float32)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from pipeline.events import Matrix
+from pipeline.events import Matrix, normalize_rows
 from pipeline.files import atomic_write
 
 if TYPE_CHECKING:
@@ -66,14 +66,7 @@ class OnnxSession:
     def run(self, features: dict[str, np.ndarray]) -> Matrix:
         feed = {name: features[name] for name in self.inputs}
         (output,) = self._session.run(None, feed)
-        return normalize(np.asarray(output, dtype=np.float32))
-
-
-def normalize(matrix: Matrix) -> Matrix:
-    """Row-wise L2 normalization with torch's epsilon (``F.normalize``), so both agree."""
-    norms = np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    normalized: Matrix = (matrix / norms).astype(np.float32)
-    return normalized
+        return normalize_rows(np.asarray(output, dtype=np.float32))
 
 
 def artefact_dir(root: Path, fingerprint: str) -> Path:

@@ -218,46 +218,40 @@ def check_matches_a_version(
     live: IndexVersion | None,
     index: IndexSettings,
     fingerprint: str,
-    chunking: tuple[int, int] | None = None,
+    chunking: tuple[int, int],
 ) -> None:
     """The settings describe one of the index's versions (during a migration, the live one
-    or the one being built; all are fed anyway), else :func:`check_compatible` explains."""
-    for version in found:
-        try:
-            check_compatible(version, index, fingerprint, chunking)
-        except ConfigError:
-            continue
+    or the one being built; all are fed anyway); else a ConfigError names what differs
+    from the live version, and how to build a new one."""
+    if not found or any(not _differences(v, index, fingerprint, chunking) for v in found):
         return
-    if found:
-        check_compatible(live or found[-1], index, fingerprint, chunking)
+    held = live or found[-1]
+    msg = (
+        f"index {held.name!r} ({held.collection}) cannot change in place: "
+        + "; ".join(_differences(held, index, fingerprint, chunking))
+        + ". Build a new index version with these settings (`embedstream migrate start`), or use "
+        "another index name (--index), or restore the previous settings"
+    )
+    raise ConfigError(msg)
 
 
-def check_compatible(
-    live: IndexVersion, index: IndexSettings, fingerprint: str, chunking: tuple[int, int] | None = None
-) -> None:
-    """An existing index version is never written with another model, chunker or storage spec."""
+def _differences(
+    version: IndexVersion, index: IndexSettings, fingerprint: str, chunking: tuple[int, int]
+) -> list[str]:
+    """What the settings would change in ``version``: never its model, chunker or storage."""
     wanted: dict[str, object] = {
         "model": fingerprint,
-        "dims": index.dims or live.full_dims,
+        "dims": index.dims or version.full_dims,
         "datatype": index.datatype,
         "quantization": index.quantization,
     }
     held: dict[str, object] = {
-        "model": live.fingerprint,
-        "dims": live.dims,
-        "datatype": live.datatype,
-        "quantization": live.quantization,
+        "model": version.fingerprint,
+        "dims": version.dims,
+        "datatype": version.datatype,
+        "quantization": version.quantization,
     }
-    if chunking is not None and live.chunk_tokens:  # versions record their chunker since migrations
+    if version.chunk_tokens:  # versions record their chunker since migrations
         wanted["chunking"] = f"{chunking[0]}/{chunking[1]} tokens/overlap"
-        held["chunking"] = f"{live.chunk_tokens}/{live.overlap_tokens} tokens/overlap"
-    changed = [
-        f"{k}: index has {held[k]}, settings ask for {wanted[k]}" for k in wanted if wanted[k] != held[k]
-    ]
-    if changed:
-        msg = (
-            f"index {live.name!r} ({live.collection}) cannot change in place: " + "; ".join(changed) + ". "
-            "Build a new index version with these settings (`embedstream migrate start`), or use another "
-            "index name (--index), or restore the previous settings"
-        )
-        raise ConfigError(msg)
+        held["chunking"] = f"{version.chunk_tokens}/{version.overlap_tokens} tokens/overlap"
+    return [f"{k}: index has {held[k]}, settings ask for {wanted[k]}" for k in wanted if wanted[k] != held[k]]

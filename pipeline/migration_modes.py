@@ -207,9 +207,7 @@ def with_evaluations(
     for state in found:
         version = state.version
         if version.version in numbers:
-            encoder = admin.runtime.encoders.for_version(version)
-            report = evaluate_version(admin.store, version, encoder, query_set)
-            scored.append(dataclasses.replace(state, evaluation=report))
+            scored.append(dataclasses.replace(state, evaluation=_evaluate(admin, version, query_set)))
         else:
             scored.append(state)
     return scored
@@ -373,6 +371,10 @@ def evaluate_versions(admin: Admin, numbers: Sequence[int | None], query_set: Qu
         if version is None:
             what = "no live version" if number is None else f"no version {number}"
             raise ConfigError(f"index {name!r} has {what} (see `embedstream index-versions`)")
-        encoder = admin.runtime.encoders.for_version(version)
-        reports.append(evaluate_version(store, version, encoder, query_set))
+        reports.append(_evaluate(admin, version, query_set))
     return reports
+
+
+def _evaluate(admin: Admin, version: IndexVersion, query_set: QuerySet) -> EvalReport:
+    """``version`` scored on ``query_set``, its queries encoded by the version's own model."""
+    return evaluate_version(admin.store, version, admin.runtime.encoders.for_version(version), query_set)

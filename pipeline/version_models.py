@@ -10,7 +10,7 @@ once per process and checked against the fingerprint the version was built with.
 from __future__ import annotations
 
 from pipeline.chunking import Chunker
-from pipeline.components import chunk_tokens, make_chunker, make_encoder
+from pipeline.components import chunk_tokens, make_chunker
 from pipeline.encoder import Encoder, SentenceTransformerEncoder
 from pipeline.errors import ConfigError
 from pipeline.index import IndexVersion
@@ -20,17 +20,10 @@ from pipeline.settings import ChunkingSettings, Settings
 class VersionEncoders:
     """Encoders by model fingerprint, made on first use."""
 
-    def __init__(self, settings: Settings, default: Encoder | None = None) -> None:
+    def __init__(self, settings: Settings, default: Encoder) -> None:
         self._settings = settings
-        self._default = default
+        self.default = default  # the settings' own model
         self._by_fingerprint: dict[str, Encoder] = {}
-
-    @property
-    def default(self) -> Encoder:
-        """The settings' own model."""
-        if self._default is None:
-            self._default = make_encoder(self._settings)
-        return self._default
 
     def for_version(self, version: IndexVersion) -> Encoder:
         """``version``'s encoder; ConfigError when its model is gone or has changed."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.embedded import EmbeddedPipeline
 from pipeline.index import find_version, read_lifecycle
-from pipeline.indexer import SLICE, Progress
+from pipeline.indexer import SLICE, Progress, ProgressTracker
 from pipeline.migrating import mark_backfilled
 from pipeline.runtime import run_source_pass
 from pipeline.settings import Settings
@@ -75,10 +75,10 @@ def backfill_source(
         stats = pipeline.version_stats(number)
         encoded_before = stats.encoded
         source = source_at(scratch_home(pipeline.settings, number))
-        on_slice = _counter(progress, source.estimate() if progress else None)
+        tracker = ProgressTracker(progress, source.estimate() if progress else None)
         try:
-            deliver = partial(pipeline.backfill, number)
-            result = run_source_pass(source, deliver, slice_size=SLICE, on_slice=on_slice)
+            deliver = tracker.deliver(partial(pipeline.backfill, number))
+            result = run_source_pass(source, deliver, slice_size=SLICE)
         finally:
             getattr(source, "close", lambda: None)()  # a database source holds a connection
         with pipeline.locked():
@@ -90,17 +90,3 @@ def backfill_source(
         log.info("backfilled %s from %s: %d documents", label, source_name, result.published)
         done.append(Backfilled(label, source_name, result.published, stats.encoded - encoded_before))
     return done
-
-
-def _counter(progress: Progress | None, total: int | None) -> Callable[[int], None] | None:
-    if progress is None:
-        return None
-    done = 0
-    progress(0, total)
-
-    def slice_done(size: int) -> None:
-        nonlocal done
-        done += size
-        progress(done, total)
-
-    return slice_done

@@ -74,7 +74,7 @@ def index_source(
     """
     started = time.perf_counter()
     before = _snapshot(pipeline)
-    tracker = _ProgressTracker(progress, source.estimate() if progress else None)
+    tracker = ProgressTracker(progress, source.estimate() if progress else None)
     pipeline.progress.on_encoding = tracker.encoding
     try:
         result = run_source_pass(
@@ -111,7 +111,7 @@ def watch_source(
         stop.wait(interval_s)
 
 
-class _ProgressTracker:
+class ProgressTracker:
     """Documents done, moving per encode slice inside a batch, not only per batch."""
 
     def __init__(self, progress: Progress | None, total: int | None) -> None:

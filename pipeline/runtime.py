@@ -188,7 +188,6 @@ def run_source_pass(
     slice_size: int,
     indexed: Indexed | None = None,
     allow_mass_delete: bool = True,
-    on_slice: Callable[[int], None] | None = None,
 ) -> PassResult:
     """One pass: publish the source's changes in slices, checkpointing each slice only once
     it is delivered; unless ``allow_mass_delete``, deletions go last, after a check that
@@ -196,7 +195,6 @@ def run_source_pass(
 
     With ``indexed``, documents the index holds for this source but the pass did not see
     are deleted too (reconciling against the index, not only against the checkpoint).
-    ``on_slice`` hears how many changes each delivered slice held (progress bars).
     """
     result = PassResult()
     deletions: list[Change] = []
@@ -206,8 +204,6 @@ def run_source_pass(
     updates = changes if allow_mass_delete else (c for c in changes if not _is_deletion(c, deletions))
     for part in _slices(updates, slice_size):
         result.published += _deliver(source, deliver, part)
-        if on_slice is not None:
-            on_slice(len(part))
     if indexed is not None:
         known = indexed()
         pending = {c.doc_id for c in deletions}  # set aside above, still live in the index
@@ -218,8 +214,6 @@ def run_source_pass(
             _check_mass_deletion(source, len(deletions), len(known))
     for part in _slices(iter(deletions), slice_size):
         result.deleted += _deliver(source, deliver, part)
-        if on_slice is not None:
-            on_slice(len(part))
     return result
 
 

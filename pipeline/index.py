@@ -141,8 +141,7 @@ class IndexVersion:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> IndexVersion:
         """A stored spec; keys this build does not know are ignored (a newer writer)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return cls(**_known_fields(cls, raw))
 
     @classmethod
     def plan(
@@ -259,8 +258,13 @@ def read_lifecycle(store: VectorStore, version: IndexVersion) -> Lifecycle:
         return Lifecycle()
     raw = dict(payload.get("lifecycle") or {})
     raw["backfilled"] = tuple(raw.get("backfilled") or ())
-    known = {f.name for f in dataclasses.fields(Lifecycle)}
-    return Lifecycle(**{k: v for k, v in raw.items() if k in known})
+    return Lifecycle(**_known_fields(Lifecycle, raw))
+
+
+def _known_fields(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``raw`` that ``cls`` has fields for (a newer writer may add more)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in raw.items() if k in known}
 
 
 def write_lifecycle(store: VectorStore, version: IndexVersion, lifecycle: Lifecycle) -> None:

@@ -46,6 +46,7 @@ from pipeline.store import (
     Datatype,
     Hit,
     PointWrite,
+    Quantization,
     Scalar,
     Scrolled,
     SearchOptions,
@@ -470,14 +471,15 @@ def _id_bytes(point_id: str) -> int:
 
 def _spec_of(info: Any) -> CollectionSpec:
     vectors = info.config.params.vectors
-    quantization = info.config.quantization_config
-    if isinstance(quantization, qm.ScalarQuantization):
-        return CollectionSpec(int(vectors.size), _datatype_of(vectors), "int8")
-    if isinstance(quantization, qm.BinaryQuantization):
-        return CollectionSpec(int(vectors.size), _datatype_of(vectors), "binary")
-    if isinstance(quantization, qm.ProductQuantization):
-        return CollectionSpec(int(vectors.size), _datatype_of(vectors), "product")
-    return CollectionSpec(int(vectors.size), _datatype_of(vectors), "none")
+    quantization = _QUANTIZATION_NAMES.get(type(info.config.quantization_config), "none")
+    return CollectionSpec(int(vectors.size), _datatype_of(vectors), quantization)
+
+
+_QUANTIZATION_NAMES: dict[type, Quantization] = {
+    qm.ScalarQuantization: "int8",
+    qm.BinaryQuantization: "binary",
+    qm.ProductQuantization: "product",
+}
 
 
 def _datatype_of(vectors: Any) -> Datatype:

@@ -53,13 +53,8 @@ class CountingEncoder:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, tiny_model: Path) -> Settings:
-    return Settings.load(
-        state_dir=tmp_path / "state",
-        model={"name": str(tiny_model)},
-        chunking={"max_tokens": 64, "overlap_tokens": 8},
-        limits={"max_doc_bytes": 20_000},
-    )
+def settings(tiny_settings: Settings) -> Settings:
+    return tiny_settings
 
 
 @pytest.fixture

@@ -10,20 +10,18 @@ Index versions are planned with ``IndexVersion.plan`` from ``IndexSettings``, so
 (Matryoshka: cut + renormalize, queries too), the collection spec and the search options
 (oversampling, rescore) are the ones the product uses.
 
-How each collection is searched (``Variant.index``):
+How each collection is searched (``Variant.index``); :func:`build_index` runs the engine's
+optimizer on every collection, with one of two graph settings:
 
-* ``none``: as ``EdgeStore`` leaves it; the engine scans every stored vector (exact). A numpy
-  brute-force run over the same vectors checks the "float32 exact" row.
-* ``scan``: the engine's optimizer builds the quantized codes with the HNSW graph disabled
-  (m=0), so a search scans every code, then rescores: the row shows the storage choice alone,
-  and it is deterministic.
-* ``hnsw``: the optimizer builds the default HNSW graph (m=16, ef_construct=100) too, as a
-  Qdrant server does past its indexing threshold. Graph construction is multi-threaded and
-  not deterministic: such rows move by a few tenths of a percent between runs. ``--hnsw``
+* ``scan``: the HNSW graph disabled (m=0), so a search scans every stored vector or code
+  (then rescores): the row shows the storage choice alone (int8 without rescore still moved
+  by up to 0.2% between runs; its codes are recomputed at every build). The
+  "float32 exact" row is such a full scan; a numpy brute-force run over the same vectors
+  checks it.
+* ``hnsw``: the default HNSW graph (m=16, ef_construct=100), as EdgeStore and a Qdrant
+  server build past their indexing threshold. Graph construction is multi-threaded and not
+  deterministic: such rows move by a few tenths of a percent between runs. ``--hnsw``
   builds every variant but "float32 exact" this way.
-
-``EdgeStore`` never runs the optimizer yet, and without it the engine ignores scalar int8
-quantization entirely (binary is applied either way): see :func:`build_index`.
 
 A search is what ``embedstream search -k K`` does: it asks the store for 4 x K chunks (with
 the version's oversampling and rescore) and ranks documents by their best chunk. K is 10 by
@@ -96,17 +94,17 @@ class Variant:
     datatype: Literal["float32", "float16"] = "float32"
     quantization: Literal["none", "int8", "binary"] = "none"
     rescore: bool = True
-    index: Literal["none", "scan", "hnsw"] = "none"
+    index: Literal["scan", "hnsw"] = "scan"
 
 
 VARIANTS = (
     Variant("float32 exact"),
     Variant("float32 HNSW", index="hnsw"),
     Variant("float16", datatype="float16"),
-    Variant("int8 + rescore", quantization="int8", index="scan"),
-    Variant("int8, no rescore", quantization="int8", rescore=False, index="scan"),
-    Variant("binary + rescore", quantization="binary", index="scan"),
-    Variant("binary, no rescore", quantization="binary", rescore=False, index="scan"),
+    Variant("int8 + rescore", quantization="int8"),
+    Variant("int8, no rescore", quantization="int8", rescore=False),
+    Variant("binary + rescore", quantization="binary"),
+    Variant("binary, no rescore", quantization="binary", rescore=False),
     Variant("Matryoshka 256", dims=256),
     Variant("Matryoshka 128", dims=128),
 )
@@ -143,8 +141,7 @@ def run(
         versions = [plan(v, encoded) for v in variants]
         fill(work, versions, encoded)
         for variant, version in zip(variants, versions, strict=True):
-            if variant.index != "none":
-                build_index(work / version.collection, version, graph=variant.index == "hnsw")
+            build_index(work / version.collection, version, graph=variant.index == "hnsw")
         reports = measure(work, variants, versions, encoded, k)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -260,13 +257,13 @@ def occurrences(doc_ids: Sequence[str]) -> list[int]:
 
 def build_index(path: Path, version: IndexVersion, graph: bool) -> None:
     """Run the engine's optimizer on a closed collection: quantized codes, and the HNSW graph
-    if ``graph`` (else m=0: no graph, searches scan the codes).
+    if ``graph`` (else m=0: no graph, searches scan the vectors or codes).
 
-    A stand-in until ``EdgeStore`` does this itself: the engine quantizes (scalar int8) only
-    segments its optimizer has rebuilt, the optimizer skips segments under
-    ``indexing_threshold`` (KB), and ``EdgeStore`` never calls it. The collection is
-    reopened here with the adapter's own vector config plus a 1 KB threshold, and the run
-    stops if any vector was left out of the index.
+    The engine quantizes (scalar int8) only segments its optimizer has rebuilt, and skips
+    segments under ``indexing_threshold`` (KB); EdgeStore runs it only past that threshold,
+    with the default graph, which would make small variants unquantized and the float32
+    one an HNSW search. So each collection is reopened here with the adapter's own vector
+    config plus a 1 KB threshold, and the run stops if any vector was left out of the index.
     """
     import qdrant_edge as qe
 

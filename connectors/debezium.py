@@ -6,7 +6,7 @@ create, ``u`` update, ``r`` snapshot read, ``d`` delete), the row ``before`` and
 ``after``, and a ``source`` block saying where in the database's log it happened; a
 delete is followed by a tombstone (a null value) for log compaction. Rows become
 documents with the same text template and metadata columns as the SQL connector
-(:mod:`connectors.rows`), so a table gives the same documents either way.
+(:mod:`connectors.kit.rows`), so a table gives the same documents either way.
 
 **Versions are the database log's own order**, not this connector's clock: PostgreSQL's
 ``source.lsn``; MySQL's binlog position (``file`` number, ``pos``, ``row``: see
@@ -32,11 +32,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.rejects import Rejects
-from connectors.rows import RowFormat
+from connectors.kit.rejects import Rejects
+from connectors.kit.rows import RowFormat
 from pipeline.bus import Bus, Consumer, Record
-from pipeline.errors import InvalidEvent
-from pipeline.events import ChangeEvent
+from pipeline.core.errors import InvalidEvent
+from pipeline.core.events import ChangeEvent
 from pipeline.sources import Change, PassReport
 
 __all__ = ["DebeziumSource", "DebeziumTopics", "Polling", "RowChange", "change_version", "parse_change"]

@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 
-from pipeline.errors import ConfigError
-from pipeline.events import ChangeEvent
-from pipeline.files import atomic_write
-from pipeline.hashing import content_hash, is_utf8, normalize_text
+from pipeline.core.errors import ConfigError
+from pipeline.core.events import ChangeEvent
+from pipeline.core.files import atomic_write
+from pipeline.core.hashing import content_hash, is_utf8, normalize_text
 from pipeline.sources import Change, PassReport, next_version
 
 __all__ = [

@@ -26,12 +26,12 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
-from connectors.keystates import Documents, KeyStates
-from connectors.rejects import Rejects
+from connectors.kit.keystates import Documents, KeyStates
+from connectors.kit.rejects import Rejects
 from pipeline.bus import Record
-from pipeline.errors import InvalidEvent
-from pipeline.events import split_key
-from pipeline.hashing import normalize_text
+from pipeline.core.errors import InvalidEvent
+from pipeline.core.events import split_key
+from pipeline.core.hashing import normalize_text
 from pipeline.sources import Change, PassReport
 
 __all__ = ["STDIN", "InvalidLine", "JsonlLine", "JsonlSource", "parse_line"]

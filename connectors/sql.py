@@ -1,6 +1,6 @@
 """SQL table connector: a table (or query) as a stream of change events, through SQLAlchemy 2.
 
-A pass has up to three phases, each resumable from the checkpoint (:mod:`connectors.keystates`):
+A pass has up to three phases, each resumable from the checkpoint (:mod:`connectors.kit.keystates`):
 
 1. **Snapshot**, once: every row in key order, in pages (``WHERE key > :last ORDER BY
    key``); the last key delivered is checkpointed with each slice, so a ``kill -9``
@@ -39,10 +39,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from connectors.keystates import Checkpointed, Documents, KeyStates
-from connectors.rows import RowFormat
-from pipeline.errors import ConfigError, RetryableError
-from pipeline.faults import crash_point
+from connectors.kit.keystates import Checkpointed, Documents, KeyStates
+from connectors.kit.rows import RowFormat
+from pipeline.core.errors import ConfigError, RetryableError
+from pipeline.core.faults import crash_point
 from pipeline.sources import Change, PassReport
 
 __all__ = ["DatabaseUnavailable", "SqlSource", "SqlTable", "natural_version"]

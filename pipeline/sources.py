@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.errors import ConfigError
-from pipeline.events import ChangeEvent
-from pipeline.files import atomic_write
+from pipeline.core.errors import ConfigError
+from pipeline.core.events import ChangeEvent
+from pipeline.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 

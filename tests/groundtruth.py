@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.chunking import Chunker
-from pipeline.encoder import Encoder
-from pipeline.hashing import normalize_text
-from pipeline.index import IndexVersion
-from pipeline.planner import chunk_point_ids
+from pipeline.core.chunking import Chunker
+from pipeline.core.hashing import normalize_text
+from pipeline.core.planner import chunk_point_ids
+from pipeline.encoding.transformer import Encoder
 from pipeline.store import VectorStore
+from pipeline.versions.spec import IndexVersion
 
 PointSets = dict[str, set[str]]
 Chunks = dict[str, dict[str, str]]  # doc key -> point id -> chunk text

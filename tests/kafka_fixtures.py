@@ -26,8 +26,8 @@ import pytest
 
 from pipeline.bus import Consumer, Record
 from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
-from pipeline.errors import EmbedstreamError
-from pipeline.settings import KafkaSettings
+from pipeline.config.settings import KafkaSettings
+from pipeline.core.errors import EmbedstreamError
 from tests.pki import CertificateAuthority
 
 REPO = Path(__file__).resolve().parents[1]

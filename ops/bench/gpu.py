@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import write_corpus  # noqa: E402
 
-from pipeline.components import make_chunker  # noqa: E402
-from pipeline.encode_plan import token_batches  # noqa: E402
-from pipeline.encoder import SentenceTransformerEncoder, encode_overlapped  # noqa: E402
-from pipeline.hashing import normalize_text  # noqa: E402
-from pipeline.settings import ModelSettings, Settings  # noqa: E402
+from pipeline.config.settings import ModelSettings, Settings  # noqa: E402
+from pipeline.core.hashing import normalize_text  # noqa: E402
+from pipeline.encoding.plan import token_batches  # noqa: E402
+from pipeline.encoding.transformer import SentenceTransformerEncoder, encode_overlapped  # noqa: E402
+from pipeline.runtime.adapters import make_chunker  # noqa: E402
 
 Variant = Callable[[list[str]], object]
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from pipeline.bus import Outgoing
 from pipeline.bus.kafka import KafkaBus
-from pipeline.encoder import Encoder
-from pipeline.events import ChangeEvent
-from pipeline.observe import NullObserver
+from pipeline.config.settings import Settings
+from pipeline.core.events import ChangeEvent
+from pipeline.encoding.transformer import Encoder
+from pipeline.observability import NullObserver
 from pipeline.runtime import Runtime
-from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ On the manual-page corpus (``manpages.py``: each page's NAME description is the 
 page its one relevant document), chunked by the project's chunker and encoded once with the
 configured model (all-MiniLM-L6-v2 by default), this builds one collection per storage
 choice in the embedded Qdrant engine (``EdgeStore``), and evaluates each with
-``pipeline.evaluation`` at document level: nDCG@10, MRR@10, Recall@10/100, query latency.
+``pipeline.versions.evaluation`` at document level: nDCG@10, MRR@10, Recall@10/100, query latency.
 
 Index versions are planned with ``IndexVersion.plan`` from ``IndexSettings``, so truncation
 (Matryoshka: cut + renormalize, queries too), the collection spec and the search options
@@ -61,10 +61,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from manpages import Params, ensure_corpus  # noqa: E402
 
-from pipeline.chunking import Chunk  # noqa: E402
-from pipeline.components import make_chunker  # noqa: E402
-from pipeline.encoder import SentenceTransformerEncoder  # noqa: E402
-from pipeline.evaluation import (  # noqa: E402
+from pipeline.config.settings import IndexSettings, Settings  # noqa: E402
+from pipeline.core.chunking import Chunk  # noqa: E402
+from pipeline.core.events import Matrix  # noqa: E402
+from pipeline.core.hashing import normalize_text, point_id  # noqa: E402
+from pipeline.encoding.transformer import SentenceTransformerEncoder  # noqa: E402
+from pipeline.runtime.adapters import make_chunker  # noqa: E402
+from pipeline.store import PointWrite, SearchOptions  # noqa: E402
+from pipeline.store.edge import EdgeStore  # noqa: E402
+from pipeline.versions.evaluation import (  # noqa: E402
     ChunkHit,
     EvalReport,
     Query,
@@ -76,13 +81,8 @@ from pipeline.evaluation import (  # noqa: E402
     rank_documents,
     retained,
 )
-from pipeline.events import Matrix  # noqa: E402
-from pipeline.hashing import normalize_text, point_id  # noqa: E402
-from pipeline.index import IndexVersion  # noqa: E402
-from pipeline.search import FIRST_HITS_PER_DOCUMENT as CHUNKS_PER_DOCUMENT  # noqa: E402
-from pipeline.settings import IndexSettings, Settings  # noqa: E402
-from pipeline.store import PointWrite, SearchOptions  # noqa: E402
-from pipeline.store.edge import EdgeStore  # noqa: E402
+from pipeline.versions.search import FIRST_HITS_PER_DOCUMENT as CHUNKS_PER_DOCUMENT  # noqa: E402
+from pipeline.versions.spec import IndexVersion  # noqa: E402
 
 UPSERT_BATCH = 256
 

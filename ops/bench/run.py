@@ -40,14 +40,14 @@ from sink_only import sink_throughput  # noqa: E402
 from sql_path import measure_sql_path  # noqa: E402
 
 from connectors.filesystem import FilesystemSource  # noqa: E402
-from pipeline.components import make_chunker  # noqa: E402
-from pipeline.embedded import EmbeddedPipeline  # noqa: E402
-from pipeline.encoder import SentenceTransformerEncoder  # noqa: E402
-from pipeline.evaluation import format_comparison  # noqa: E402
-from pipeline.events import ChangeEvent  # noqa: E402
-from pipeline.hashing import normalize_text  # noqa: E402
-from pipeline.indexer import IndexSummary, index_source  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
+from pipeline.config.settings import Settings  # noqa: E402
+from pipeline.core.events import ChangeEvent  # noqa: E402
+from pipeline.core.hashing import normalize_text  # noqa: E402
+from pipeline.encoding.transformer import SentenceTransformerEncoder  # noqa: E402
+from pipeline.runtime.adapters import make_chunker  # noqa: E402
+from pipeline.runtime.embedded import EmbeddedPipeline  # noqa: E402
+from pipeline.runtime.local import IndexSummary, index_source  # noqa: E402
+from pipeline.versions.evaluation import format_comparison  # noqa: E402
 
 Results = dict[str, float]
 

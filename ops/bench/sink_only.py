@@ -16,11 +16,11 @@ from corpus import sentences
 
 import pipeline.store.edge as edge
 from pipeline.bus import Record
-from pipeline.events import ChunkRef, VectorsEvent, doc_key
-from pipeline.hashing import point_id, sha256_hex
-from pipeline.observe import NullObserver
+from pipeline.config.settings import Settings
+from pipeline.core.events import ChunkRef, VectorsEvent, doc_key
+from pipeline.core.hashing import point_id, sha256_hex
+from pipeline.observability import NullObserver
 from pipeline.runtime import Runtime
-from pipeline.settings import Settings
 
 TOPIC = "bench.vectors"
 

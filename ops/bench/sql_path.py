@@ -24,12 +24,12 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from connectors.filesystem import FilesystemSource
-from connectors.rows import RowFormat
+from connectors.kit.rows import RowFormat
 from connectors.sql import SqlSource, SqlTable
-from pipeline.embedded import EmbeddedPipeline
-from pipeline.encoder import Encoder
-from pipeline.indexer import IndexSummary, index_source
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.encoding.transformer import Encoder
+from pipeline.runtime.embedded import EmbeddedPipeline
+from pipeline.runtime.local import IndexSummary, index_source
 from pipeline.sources import Source
 
 TABLE = "bench_docs"

@@ -17,7 +17,7 @@ Delivery contract the worker relies on (at-least-once, idempotent writes downstr
   with ``surrogateescape`` and encode back to the same bytes.
 
 kafka-python types and exceptions never leave this module: records become
-:class:`Record`, library errors become :mod:`pipeline.errors` types at the boundary.
+:class:`Record`, library errors become :mod:`pipeline.core.errors` types at the boundary.
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from pipeline.bus import Outgoing, Record, TopicSpec, key_bytes, next_offsets
-from pipeline.errors import (
+from pipeline.config.settings import KafkaSettings
+from pipeline.config.tls import certificate_error, client_context
+from pipeline.core.errors import (
     AuthenticationFailed,
     BusUnavailable,
     CommitLost,
     FatalError,
     MessageTooLarge,
 )
-from pipeline.settings import KafkaSettings
-from pipeline.tls import certificate_error, client_context
 
 with warnings.catch_warnings():
     # kafka-python 3.0.12 loads its protocol schemas at import time through

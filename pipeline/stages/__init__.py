@@ -1,4 +1,4 @@
-"""Stages: a pure-ish ``handle(batch) -> outgoing`` each, run by :mod:`pipeline.worker`.
+"""Stages: a pure-ish ``handle(batch) -> outgoing`` each, run by :mod:`pipeline.stages.worker`.
 
 A stage never polls or commits; it turns one batch of records into the messages to
 produce (vectors, dead letters) and performs its own durable side effects (the sink's
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from pipeline.bus import Outgoing, Record
-from pipeline.errors import EmbedstreamError
+from pipeline.core.errors import EmbedstreamError
 
 log = logging.getLogger(__name__)
 

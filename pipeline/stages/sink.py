@@ -1,6 +1,6 @@
 """Sink stage: vectors events in, each document's exact point set in Qdrant out.
 
-:func:`pipeline.planner.plan_batch` decides per document what the batch changes. The
+:func:`pipeline.core.planner.plan_batch` decides per document what the batch changes. The
 stage then, for the whole batch: writes points (guarded, so an older version never
 overwrites a newer one), records the documents' states (guarded the same way), reads back
 which state won, and sweeps every point of each document that the winning state does not
@@ -19,15 +19,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pipeline.bus import Outgoing, Record
-from pipeline.errors import ForeignModel, InvalidVectors, PoisonError, StoreRejected
-from pipeline.events import VectorsEvent
-from pipeline.faults import crash_point
-from pipeline.index import DocStates, IndexVersion, create_version, ensure_alias, read_version
-from pipeline.observe import Observer
-from pipeline.planner import DocState, Incoming, Outcome, Write, WritePlan, metadata_hash, plan_batch
-from pipeline.settings import IndexSettings
+from pipeline.config.settings import IndexSettings
+from pipeline.core.errors import ForeignModel, InvalidVectors, PoisonError, StoreRejected
+from pipeline.core.events import VectorsEvent
+from pipeline.core.faults import crash_point
+from pipeline.core.planner import DocState, Incoming, Outcome, Write, WritePlan, metadata_hash, plan_batch
+from pipeline.observability import Observer
 from pipeline.stages import dead_letter
 from pipeline.store import DOC_KEY, VERSION, PointWrite, Sweep, VectorStore
+from pipeline.versions.spec import DocStates, IndexVersion, create_version, ensure_alias, read_version
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Adapters: :mod:`pipeline.store.edge` (embedded Qdrant engine on local disk) and
 :mod:`pipeline.store.server` (a Qdrant server through ``qdrant-client``). Only they import
-Qdrant libraries; they translate its errors into :mod:`pipeline.errors` types.
+Qdrant libraries; they translate its errors into :mod:`pipeline.core.errors` types.
 """
 
 from __future__ import annotations

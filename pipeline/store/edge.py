@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import qdrant_edge as qe
 
-from pipeline.errors import ConfigError, StoreLocked, StoreRejected, StoreUnavailable
+from pipeline.core.errors import ConfigError, StoreLocked, StoreRejected, StoreUnavailable
 from pipeline.store import (
     DOC_KEY,
     VERSION,

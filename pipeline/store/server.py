@@ -28,7 +28,9 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from pipeline.errors import (
+from pipeline.config.settings import StoreSettings
+from pipeline.config.tls import certificate_error, client_context
+from pipeline.core.errors import (
     AuthenticationFailed,
     ConfigError,
     EmbedstreamError,
@@ -36,7 +38,6 @@ from pipeline.errors import (
     StoreRejected,
     StoreUnavailable,
 )
-from pipeline.settings import StoreSettings
 from pipeline.store import (
     DOC_KEY,
     VERSION,
@@ -54,7 +55,6 @@ from pipeline.store import (
     version_parts,
     with_version_parts,
 )
-from pipeline.tls import certificate_error, client_context
 
 T = TypeVar("T")
 Item = TypeVar("Item")

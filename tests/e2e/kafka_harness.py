@@ -17,17 +17,17 @@ from kafka.errors import KafkaError
 
 from pipeline.bus import Outgoing
 from pipeline.bus.kafka import KafkaBus
-from pipeline.components import make_chunker
-from pipeline.encoder import SentenceTransformerEncoder
-from pipeline.events import ChangeEvent
-from pipeline.hashing import normalize_text
-from pipeline.index import read_version
-from pipeline.observe import NullObserver
-from pipeline.planner import chunk_point_ids
+from pipeline.config.settings import KafkaSettings, Settings
+from pipeline.core.events import ChangeEvent
+from pipeline.core.hashing import normalize_text
+from pipeline.core.names import Topics
+from pipeline.core.planner import chunk_point_ids
+from pipeline.encoding.transformer import SentenceTransformerEncoder
+from pipeline.observability import NullObserver
 from pipeline.runtime import Runtime
-from pipeline.settings import KafkaSettings, Settings
+from pipeline.runtime.adapters import make_chunker
 from pipeline.store.edge import EdgeStore
-from pipeline.topics import Topics
+from pipeline.versions.spec import read_version
 from tests.conftest import REPO
 from tests.groundtruth import PointSets, actual_points
 from tests.kafka_fixtures import TEST_TIMEOUTS

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.components import make_chunker
-from pipeline.encoder import SentenceTransformerEncoder
-from pipeline.index import live_version
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.encoding.transformer import SentenceTransformerEncoder
+from pipeline.runtime.adapters import make_chunker
 from pipeline.store.edge import EdgeStore
+from pipeline.versions.spec import live_version
 from tests.conftest import REPO
 from tests.groundtruth import actual_points, assert_index_equals, expected_chunks, text_files
 

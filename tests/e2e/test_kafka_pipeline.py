@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.events import ChangeEvent
+from pipeline.core.events import ChangeEvent
 from tests.conftest import REPO
 from tests.e2e.kafka_harness import KafkaPipeline, deletion, document, wait_for
 from tests.groundtruth import expected_points

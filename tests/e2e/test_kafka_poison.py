@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.events import ChangeEvent
+from pipeline.core.events import ChangeEvent
 from tests.e2e.kafka_harness import KafkaPipeline, document, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(900)]

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from pipeline.bus import Outgoing
-from pipeline.events import ChunkRef, VectorsEvent
-from pipeline.settings import KafkaSettings
+from pipeline.config.settings import KafkaSettings
+from pipeline.core.events import ChunkRef, VectorsEvent
 from tests.e2e.kafka_harness import KafkaPipeline, document, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

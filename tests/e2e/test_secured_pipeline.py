@@ -25,8 +25,8 @@ from uuid import uuid4
 import pytest
 from kafka import KafkaConsumer
 
-from pipeline.events import ChangeEvent
-from pipeline.settings import KafkaSettings
+from pipeline.config.settings import KafkaSettings
+from pipeline.core.events import ChangeEvent
 from tests.conftest import REPO
 from tests.e2e.kafka_harness import KafkaPipeline
 from tests.groundtruth import PointSets, expected_points

@@ -14,8 +14,8 @@ import pytest
 
 from pipeline.bus import Bus, Consumer, Outgoing, Record, TopicSpec
 from pipeline.bus.memory import InMemoryBus
-from pipeline.observe import NullObserver
-from pipeline.worker import Worker
+from pipeline.observability import NullObserver
+from pipeline.stages.worker import Worker
 
 PollUntil = Callable[[Consumer, Callable[[list[Record]], bool]], list[Record]]
 PARTITIONS = 3

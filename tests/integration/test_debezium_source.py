@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 
 from connectors.debezium import DebeziumSource, DebeziumTopics
-from connectors.rejects import LocalRejects
-from connectors.rows import RowFormat
+from connectors.kit.rejects import LocalRejects
+from connectors.kit.rows import RowFormat
 from pipeline.bus import Outgoing, TopicSpec
-from pipeline.components import make_chunker
-from pipeline.dlq import LocalDeadLetters
-from pipeline.embedded import EmbeddedPipeline
-from pipeline.index import live_version
-from pipeline.indexer import IndexSummary, index_source
-from pipeline.settings import Settings
+from pipeline.bus.dead_letters import LocalDeadLetters
+from pipeline.config.settings import Settings
+from pipeline.runtime.adapters import make_chunker
+from pipeline.runtime.embedded import EmbeddedPipeline
+from pipeline.runtime.local import IndexSummary, index_source
+from pipeline.versions.spec import live_version
 from tests.debezium_payloads import Record, mysql, postgres, tombstone
 from tests.groundtruth import assert_index_equals, expected_chunks
 
@@ -196,9 +196,9 @@ def test_the_daemon_publishes_change_events_once(cdc, kafka_settings, kafka_bus,
     """`source debezium` as a daemon (run_source over Kafka): records become change events on
     <prefix>.changes with the LSN as version; a restarted daemon does not publish them again
     (its group committed them)."""
-    from pipeline.daemons import run_source
-    from pipeline.events import ChangeEvent
-    from pipeline.topics import Topics
+    from pipeline.core.events import ChangeEvent
+    from pipeline.core.names import Topics
+    from pipeline.runtime.daemons import run_source
 
     settings = Settings.load(state_dir=tmp_path / "daemon").model_copy(update={"kafka": kafka_settings})
     topics = Topics(kafka_settings.topic_prefix)

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from connectors.filesystem import FilesystemSource
-from pipeline.components import make_chunker
-from pipeline.embedded import EmbeddedPipeline
-from pipeline.encoder import Encoder, SentenceTransformerEncoder
-from pipeline.events import ChangeEvent, Matrix
-from pipeline.index import live_version
-from pipeline.indexer import index_source
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.core.events import ChangeEvent, Matrix
+from pipeline.encoding.transformer import Encoder, SentenceTransformerEncoder
+from pipeline.runtime.adapters import make_chunker
+from pipeline.runtime.embedded import EmbeddedPipeline
+from pipeline.runtime.local import index_source
+from pipeline.versions.spec import live_version
 from tests.groundtruth import actual_points, expected_points, paragraphs
 
 
@@ -349,7 +349,7 @@ def test_second_process_on_the_same_store_fails_fast(settings):
     try:
         code = (
             "import sys\nfrom pathlib import Path\nfrom pipeline.store.edge import EdgeStore\n"
-            "from pipeline.errors import StoreLocked\n"
+            "from pipeline.core.errors import StoreLocked\n"
             f"try:\n    EdgeStore(Path({str(settings.qdrant_dir)!r}))\nexcept StoreLocked as e:\n"
             "    print(e); sys.exit(7)\n"
         )

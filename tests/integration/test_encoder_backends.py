@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.encode_plan import SMALL_CALL_TOKENS, pad_features
-from pipeline.encoder import SentenceTransformerEncoder, encode_overlapped
-from pipeline.onnx_encoder import TOLERANCE, WEIGHTS, artefact_dir
-from pipeline.settings import ModelSettings
+from pipeline.config.settings import ModelSettings
+from pipeline.encoding.onnx import TOLERANCE, WEIGHTS, artefact_dir
+from pipeline.encoding.plan import SMALL_CALL_TOKENS, pad_features
+from pipeline.encoding.transformer import SentenceTransformerEncoder, encode_overlapped
 
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = [
@@ -161,8 +161,8 @@ def test_a_small_call_in_a_fresh_process_never_imports_torch(tiny_model, prepare
     """The one-shot path (a search, a small index) encodes without importing torch or transformers."""
     script = (
         "import sys; from pathlib import Path\n"
-        "from pipeline.encoder import SentenceTransformerEncoder\n"
-        "from pipeline.settings import ModelSettings\n"
+        "from pipeline.encoding.transformer import SentenceTransformerEncoder\n"
+        "from pipeline.config.settings import ModelSettings\n"
         f"settings = ModelSettings(name={str(tiny_model)!r})\n"
         f"e = SentenceTransformerEncoder(settings, state_dir=Path({str(prepared)!r}))\n"
         "e.encode_queries(['where is the sensor'])\n"

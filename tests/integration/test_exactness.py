@@ -18,16 +18,16 @@ import pytest
 
 from connectors.filesystem import FilesystemSource
 from pipeline.bus import Outgoing
-from pipeline.components import make_chunker
-from pipeline.embedded import EmbeddedPipeline
-from pipeline.errors import ConfigError, StoreUnavailable
-from pipeline.events import ChangeEvent, ChunkRef, VectorsEvent
-from pipeline.index import live_version
-from pipeline.indexer import IndexSummary, index_source
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.core.errors import ConfigError, StoreUnavailable
+from pipeline.core.events import ChangeEvent, ChunkRef, VectorsEvent
+from pipeline.runtime.adapters import make_chunker
+from pipeline.runtime.embedded import EmbeddedPipeline
+from pipeline.runtime.local import IndexSummary, index_source
 from pipeline.sources import SourceBindings
 from pipeline.store import VectorStore
 from pipeline.store.edge import EdgeStore
+from pipeline.versions.spec import live_version
 from tests.groundtruth import assert_index_equals, expected_chunks, paragraphs, text_files
 
 BASE_NS = 1_700_000_000_000_000_000

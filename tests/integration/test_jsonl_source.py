@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from pipeline.bus.dead_letters import LocalDeadLetters
 from pipeline.cli import EXIT_OK, app
-from pipeline.components import make_chunker
-from pipeline.dlq import LocalDeadLetters
-from pipeline.embedded import EmbeddedPipeline
-from pipeline.index import live_version
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.runtime.adapters import make_chunker
+from pipeline.runtime.embedded import EmbeddedPipeline
+from pipeline.versions.spec import live_version
 from tests.groundtruth import assert_index_equals, expected_chunks
 
 # No EMBEDSTREAM_* variable or ./embedstream.toml from outside (tests/cli_runner.py).

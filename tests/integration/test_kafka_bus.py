@@ -17,10 +17,10 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from pipeline.bus import Consumer, Outgoing, Record, TopicSpec
 from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
-from pipeline.errors import BusUnavailable, CommitLost, MessageTooLarge
-from pipeline.observe import NullObserver
-from pipeline.settings import KafkaSettings
-from pipeline.worker import Worker
+from pipeline.config.settings import KafkaSettings
+from pipeline.core.errors import BusUnavailable, CommitLost, MessageTooLarge
+from pipeline.observability import NullObserver
+from pipeline.stages.worker import Worker
 
 pytestmark = pytest.mark.kafka
 

@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 
 from pipeline.bus.kafka import KafkaBus
-from pipeline.encoder import SentenceTransformerEncoder
-from pipeline.errors import ConfigError
-from pipeline.events import ChangeEvent
-from pipeline.hashing import normalize_text
-from pipeline.index import find_version, live_version
-from pipeline.migration_modes import (
+from pipeline.config.settings import KafkaSettings, Settings
+from pipeline.core.errors import ConfigError
+from pipeline.core.events import ChangeEvent
+from pipeline.core.hashing import normalize_text
+from pipeline.encoding.transformer import SentenceTransformerEncoder
+from pipeline.observability import NullObserver
+from pipeline.runtime import Runtime
+from pipeline.runtime.admin import (
     Admin,
     StorageChoice,
     gc,
@@ -30,12 +32,10 @@ from pipeline.migration_modes import (
     start,
     states,
 )
-from pipeline.observe import NullObserver
-from pipeline.registry import embed_version, read_versions, sink_planner
-from pipeline.runtime import Runtime
-from pipeline.settings import KafkaSettings, Settings
+from pipeline.runtime.registry import embed_version, read_versions, sink_planner
+from pipeline.stages.worker import Worker
 from pipeline.store.edge import EdgeStore
-from pipeline.worker import Worker
+from pipeline.versions.spec import find_version, live_version
 from tests.groundtruth import assert_index_equals, expected_chunks
 from tests.integration.test_embedded_pipeline import CountingEncoder
 
@@ -247,9 +247,9 @@ def test_the_cli_registers_a_new_version_in_the_control_topic(
     from typer.testing import CliRunner
 
     from pipeline.cli import app
-    from pipeline.index import IndexVersion, create_version
-    from pipeline.registry import publish_version
-    from pipeline.topics import Topics
+    from pipeline.core.names import Topics
+    from pipeline.runtime.registry import publish_version
+    from pipeline.versions.spec import IndexVersion, create_version
 
     settings = Settings.load(state_dir=tmp_path / "state", model={"name": str(tiny_model)})
     encoder = SentenceTransformerEncoder(settings.model)

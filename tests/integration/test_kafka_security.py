@@ -21,8 +21,8 @@ from pydantic import ValidationError
 
 from pipeline.bus import Outgoing, TopicSpec
 from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
-from pipeline.errors import AuthenticationFailed
-from pipeline.settings import KafkaSettings
+from pipeline.config.settings import KafkaSettings
+from pipeline.core.errors import AuthenticationFailed
 from tests.conftest import REPO
 from tests.kafka_fixtures import SCRAM_USER, KafkaPki
 

@@ -20,14 +20,11 @@ from typing import Any
 import pytest
 
 from connectors.filesystem import FilesystemSource
-from pipeline.backfill import backfill_source
 from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
-from pipeline.embedded import EmbeddedPipeline
-from pipeline.errors import Refused
-from pipeline.hashing import normalize_text
-from pipeline.index import IndexVersion, find_version, live_version
-from pipeline.indexer import index_source
-from pipeline.migration_modes import (
+from pipeline.config.settings import KafkaSettings, Settings
+from pipeline.core.errors import Refused
+from pipeline.core.hashing import normalize_text
+from pipeline.runtime.admin import (
     Admin,
     StorageChoice,
     promote_version,
@@ -35,9 +32,12 @@ from pipeline.migration_modes import (
     start,
     states,
 )
-from pipeline.settings import KafkaSettings, Settings
+from pipeline.runtime.backfill import backfill_source
+from pipeline.runtime.embedded import EmbeddedPipeline
+from pipeline.runtime.local import index_source
 from pipeline.sources import SourceBindings
 from pipeline.store import VectorStore
+from pipeline.versions.spec import IndexVersion, find_version, live_version
 from tests.groundtruth import assert_index_equals, expected_chunks, text_files
 
 STABLE = [f"stable-{i}.md" for i in range(6)]  # never edited: every complete answer holds them

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from pipeline.encoder import SentenceTransformerEncoder
-from pipeline.errors import ConfigError
-from pipeline.index import IndexVersion, create_version
-from pipeline.search import search_documents
-from pipeline.settings import IndexSettings, ModelSettings
+from pipeline.config.settings import IndexSettings, ModelSettings
+from pipeline.core.errors import ConfigError
+from pipeline.encoding.transformer import SentenceTransformerEncoder
 from pipeline.store import PointWrite
 from pipeline.store.edge import EdgeStore
+from pipeline.versions.search import search_documents
+from pipeline.versions.spec import IndexVersion, create_version
 
 LONG_DOC_CHUNKS = 60
 SHORT_DOCS = {

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import SqliteEmbeddingCache
+from pipeline.encoding.cache import SqliteEmbeddingCache
 
 WRITER = """
 import sys, numpy as np
-from pipeline.cache import SqliteEmbeddingCache
+from pipeline.encoding.cache import SqliteEmbeddingCache
 cache = SqliteEmbeddingCache(sys.argv[1])
 name = sys.argv[2]
 for batch in range(40):

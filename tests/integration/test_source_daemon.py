@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.daemons import run_source
-from pipeline.errors import RetryableError
-from pipeline.events import ChangeEvent
-from pipeline.settings import KafkaSettings, Settings
+from pipeline.config.settings import KafkaSettings, Settings
+from pipeline.core.errors import RetryableError
+from pipeline.core.events import ChangeEvent
+from pipeline.runtime.daemons import run_source
 from pipeline.sources import Change, PassReport
 
 pytestmark = pytest.mark.kafka

@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connectors.keystates import KeyStates
-from connectors.rows import RowFormat
+from connectors.kit.keystates import KeyStates
+from connectors.kit.rows import RowFormat
 from connectors.sql import SNAPSHOT_AFTER, SNAPSHOT_DONE, SqlSource, SqlTable, decode_value
-from pipeline.components import make_chunker
-from pipeline.embedded import EmbeddedPipeline
-from pipeline.index import live_version
-from pipeline.indexer import IndexSummary, index_source
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.runtime.adapters import make_chunker
+from pipeline.runtime.embedded import EmbeddedPipeline
+from pipeline.runtime.local import IndexSummary, index_source
 from pipeline.sources import PassReport
+from pipeline.versions.spec import live_version
 from tests.conftest import REPO
 from tests.groundtruth import assert_index_equals, expected_chunks
 from tests.postgres_fixtures import postgres_server, postgres_url  # noqa: F401 -- fixtures
@@ -284,9 +284,9 @@ def _checkpoint(settings: Settings) -> Path:
 @pytest.mark.kafka
 def test_the_daemon_publishes_row_changes_to_kafka(tmp_path, kafka_settings, kafka_bus, poll_until):
     """`source sql` as a daemon (run_source over Kafka): snapshot rows, then an edit, as change events."""
-    from pipeline.daemons import run_source
-    from pipeline.events import ChangeEvent
-    from pipeline.topics import Topics
+    from pipeline.core.events import ChangeEvent
+    from pipeline.core.names import Topics
+    from pipeline.runtime.daemons import run_source
 
     table = Table(f"sqlite:///{tmp_path / 'daemon.db'}")
     fill(table, 3)
@@ -315,7 +315,7 @@ def test_the_daemon_publishes_row_changes_to_kafka(tmp_path, kafka_settings, kaf
 
 def test_the_bench_compares_sql_snapshot_with_the_filesystem_path(tmp_path, settings):
     """ops/bench/sql_path.py indexes the same texts both ways and reports their throughput ratio."""
-    from pipeline.components import make_encoder
+    from pipeline.runtime.adapters import make_encoder
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

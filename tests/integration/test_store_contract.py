@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError, StoreRejected
+from pipeline.core.errors import ConfigError, StoreRejected
 from pipeline.store import CollectionSpec, PointWrite, SearchOptions, Sweep, VectorStore
 from pipeline.store.edge import EdgeStore
 from pipeline.store.server import ServerStore

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.index import IndexVersion
-from pipeline.settings import IndexSettings
+from pipeline.config.settings import IndexSettings
 from pipeline.store import CollectionSpec, PointWrite, SearchOptions, VectorStore
 from pipeline.store.edge import EdgeStore
 from pipeline.store.server import ServerStore
+from pipeline.versions.spec import IndexVersion
 
 
 @pytest.fixture(params=["edge", "qdrant-client"])

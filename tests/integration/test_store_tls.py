@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import AuthenticationFailed
+from pipeline.core.errors import AuthenticationFailed
 from pipeline.store.server import ServerStore
 from tests.pki import CertificateAuthority
 

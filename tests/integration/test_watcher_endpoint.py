@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipeline.embedded import EmbeddedPipeline
-from pipeline.errors import ConfigError, StoreLocked
-from pipeline.events import ChangeEvent
-from pipeline.http import DaemonServer, is_loopback
-from pipeline.settings import Settings
-from pipeline.watching import ENDPOINT_FILE, find_watcher, remote_search, remote_status, serve_pipeline
+from pipeline.config.settings import Settings
+from pipeline.core.errors import ConfigError, StoreLocked
+from pipeline.core.events import ChangeEvent
+from pipeline.observability.http import DaemonServer, is_loopback
+from pipeline.runtime.embedded import EmbeddedPipeline
+from pipeline.runtime.serving import ENDPOINT_FILE, find_watcher, remote_search, remote_status, serve_pipeline
 
 
 @pytest.fixture

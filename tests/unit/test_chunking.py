@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.chunking import MAX_TOKEN_CHARS, Chunk, Chunker, ChunkerConfig, bounded_spans
-from pipeline.hashing import normalize_text, sha256_hex
+from pipeline.core.chunking import MAX_TOKEN_CHARS, Chunk, Chunker, ChunkerConfig, bounded_spans
+from pipeline.core.hashing import normalize_text, sha256_hex
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 # fmt: off

@@ -1,7 +1,7 @@
 """Deployment and monitoring files: compose, Prometheus, alerts and the Grafana dashboard.
 
 Docker is not needed: these tests parse the files and check them against the repository
-and against the metrics that ``pipeline/metrics.py`` really exports.
+and against the metrics that ``pipeline/observability/prometheus.py`` really exports.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from pipeline.metrics import PrometheusObserver
-from pipeline.settings import Settings
+from pipeline.config.settings import Settings
+from pipeline.observability.prometheus import PrometheusObserver
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -153,13 +153,14 @@ def test_dashboard_parses_and_uses_the_provisioned_datasource() -> None:
 
 
 def test_queried_metrics_are_exported(defined_metrics: set[str]) -> None:
-    """Every embedstream_* metric named in a panel or alert expression is exported by pipeline/metrics.py."""
+    """Every embedstream_* metric named in a panel or alert expression is exported by
+    pipeline/observability/prometheus.py."""
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     exprs = [*_dashboard_exprs(dashboard["panels"]), *(rule["expr"] for rule in _alert_rules())]
     used = {name for expr in exprs for name in METRIC.findall(expr)}
     assert used
     unknown = used - defined_metrics
-    assert not unknown, f"not exported by pipeline/metrics.py: {sorted(unknown)}"
+    assert not unknown, f"not exported by pipeline/observability/prometheus.py: {sorted(unknown)}"
 
 
 ENV_NAME = re.compile(r"\bEMBEDSTREAM_[A-Z0-9_]+")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from connectors.debezium import change_version, parse_change, record_doc_id
-from pipeline.errors import InvalidEvent
+from pipeline.core.errors import InvalidEvent
 from tests.debezium_payloads import mysql, postgres
 
 ROW = {"id": 7, "title": "Pairing", "body": "Hold the button.", "author": "ann"}

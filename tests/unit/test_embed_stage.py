@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from pipeline.bus import Outgoing, Record
-from pipeline.cache import SqliteEmbeddingCache
-from pipeline.chunking import Chunker, ChunkerConfig
-from pipeline.encoder import Encoder
-from pipeline.events import ChangeEvent, VectorsEvent
-from pipeline.hashing import normalize_text, sha256_hex
-from pipeline.observe import RunStats
-from pipeline.settings import LimitsSettings
+from pipeline.config.settings import LimitsSettings
+from pipeline.core.chunking import Chunker, ChunkerConfig
+from pipeline.core.events import ChangeEvent, VectorsEvent
+from pipeline.core.hashing import normalize_text, sha256_hex
+from pipeline.encoding.cache import SqliteEmbeddingCache
+from pipeline.encoding.transformer import Encoder
+from pipeline.observability import RunStats
 from pipeline.stages.embed import EmbedStage
 
 CHANGES, VECTORS, DLQ = "es.changes", "es.vectors.docs-v1", "es.dlq"

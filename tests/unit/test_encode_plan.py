@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.encode_plan import (
+from pipeline.core.errors import ConfigError
+from pipeline.encoding.plan import (
     CPU_TOKEN_BUDGET,
     GPU_TOKEN_BUDGET_MAX,
     GPU_TOKEN_BUDGET_MIN,
@@ -21,7 +22,6 @@ from pipeline.encode_plan import (
     token_budget,
     use_small_backend,
 )
-from pipeline.errors import ConfigError
 
 GIB = 1 << 30
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import model_files
-from pipeline.encode_plan import token_batches
-from pipeline.encoder import check_shape
-from pipeline.errors import InvalidVectors
-from pipeline.model_files import DigestMemo, model_fingerprint
-from pipeline.settings import ModelSettings
+from pipeline.config.settings import ModelSettings
+from pipeline.core.errors import InvalidVectors
+from pipeline.encoding import model_files
+from pipeline.encoding.model_files import DigestMemo, model_fingerprint
+from pipeline.encoding.plan import token_batches
+from pipeline.encoding.transformer import check_shape
 
 
 def test_non_finite_rows_pass_the_shape_check():
@@ -138,7 +138,7 @@ def test_a_file_changed_just_now_is_not_remembered(tmp_path):
 
 def test_abandoned_onnx_builds_are_removed_but_live_ones_kept(tmp_path):
     """A build killed half-way does not leave ~90 MB behind for good; one still running is untouched."""
-    from pipeline.onnx_encoder import ABANDONED_AFTER_S, _remove_abandoned
+    from pipeline.encoding.onnx import ABANDONED_AFTER_S, _remove_abandoned
 
     old, live = tmp_path / ".build-old", tmp_path / ".build-live"
     for folder in (old, live):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.evaluation import (
+from pipeline.core.errors import ConfigError
+from pipeline.versions.evaluation import (
     ChunkHit,
     EvalReport,
     Query,

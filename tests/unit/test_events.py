@@ -8,9 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from pipeline.errors import InvalidEvent, PoisonError
-from pipeline.events import SCHEMA_VERSION, ChangeEvent, ChunkRef, VectorsEvent, doc_key
-from pipeline.hashing import point_id, sha256_hex
+from pipeline.core.errors import InvalidEvent, PoisonError
+from pipeline.core.events import SCHEMA_VERSION, ChangeEvent, ChunkRef, VectorsEvent, doc_key
+from pipeline.core.hashing import point_id, sha256_hex
 
 
 def change(**overrides: object) -> dict[str, object]:

@@ -17,8 +17,8 @@ from connectors.filesystem import (
     html_to_text,
     title_of,
 )
-from pipeline.errors import ConfigError
-from pipeline.hashing import content_hash
+from pipeline.core.errors import ConfigError
+from pipeline.core.hashing import content_hash
 from pipeline.sources import Change, PassReport
 
 BASE_NS = 1_700_000_000_000_000_000

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from pipeline.hashing import content_hash, doc_state_id, normalize_text, point_id, sha256_hex
+from pipeline.core.hashing import content_hash, doc_state_id, normalize_text, point_id, sha256_hex
 
 SAMPLES = [
     "plain text",

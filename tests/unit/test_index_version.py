@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.index import IndexVersion
-from pipeline.settings import IndexSettings
+from pipeline.config.settings import IndexSettings
+from pipeline.core.errors import ConfigError
+from pipeline.versions.spec import IndexVersion
 
 
 def version(dims: int | None) -> IndexVersion:

@@ -10,11 +10,17 @@ import pytest
 
 from pipeline.bus import Outgoing
 from pipeline.bus.memory import InMemoryBus
-from pipeline.errors import ConfigError, InvalidEvent
-from pipeline.index import IndexVersion
-from pipeline.registry import check_worker, claim_version, forget_version, publish_version, read_versions
-from pipeline.settings import IndexSettings, ModelSettings
-from pipeline.topics import Topics
+from pipeline.config.settings import IndexSettings, ModelSettings
+from pipeline.core.errors import ConfigError, InvalidEvent
+from pipeline.core.names import Topics
+from pipeline.runtime.registry import (
+    check_worker,
+    claim_version,
+    forget_version,
+    publish_version,
+    read_versions,
+)
+from pipeline.versions.spec import IndexVersion
 
 TOPICS = Topics("t")
 

@@ -9,7 +9,7 @@ import pytest
 
 from connectors.jsonl import STDIN, JsonlSource, parse_line
 from pipeline.bus import Record
-from pipeline.errors import EmbedstreamError, InvalidEvent
+from pipeline.core.errors import EmbedstreamError, InvalidEvent
 from pipeline.sources import PassReport
 
 

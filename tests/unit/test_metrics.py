@@ -7,9 +7,9 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipeline.metrics import PrometheusObserver
-from pipeline.observe import Observers, RunStats
-from pipeline.planner import Outcome
+from pipeline.core.planner import Outcome
+from pipeline.observability import Observers, RunStats
+from pipeline.observability.prometheus import PrometheusObserver
 
 
 @pytest.fixture

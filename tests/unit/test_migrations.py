@@ -6,10 +6,9 @@ import dataclasses
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.evaluation import EvalReport
-from pipeline.index import IndexVersion, Lifecycle
-from pipeline.migrations import (
+from pipeline.config.settings import IndexSettings, ModelSettings
+from pipeline.core.errors import ConfigError
+from pipeline.versions.decide import (
     VersionState,
     gc_choice,
     next_number,
@@ -17,7 +16,8 @@ from pipeline.migrations import (
     promotion_refusals,
     rollback_target,
 )
-from pipeline.settings import IndexSettings, ModelSettings
+from pipeline.versions.evaluation import EvalReport
+from pipeline.versions.spec import IndexVersion, Lifecycle
 
 MODEL = ModelSettings(name="all-MiniLM-L6-v2")
 

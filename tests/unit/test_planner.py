@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from pipeline.chunking import Chunk
-from pipeline.hashing import point_id, sha256_hex
-from pipeline.planner import (
+from pipeline.core.chunking import Chunk
+from pipeline.core.hashing import point_id, sha256_hex
+from pipeline.core.planner import (
     DocState,
     Incoming,
     Outcome,

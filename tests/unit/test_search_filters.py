@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.search import filter_variants, nothing_found, parse_filter
+from pipeline.versions.search import filter_variants, nothing_found, parse_filter
 
 
 def test_parse_filter_keeps_the_value_verbatim() -> None:

@@ -11,7 +11,13 @@ import pytest
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from pipeline.errors import AuthenticationFailed, ConfigError, FatalError, StoreRejected, StoreUnavailable
+from pipeline.core.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    FatalError,
+    StoreRejected,
+    StoreUnavailable,
+)
 from pipeline.store import PointWrite
 from pipeline.store.server import answer_error, estimated_point_bytes, refuse_clear_text_key, split_by_bytes
 

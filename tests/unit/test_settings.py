@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.settings import Settings
-from pipeline.settings_layers import Override
+from pipeline.config.layers import Override
+from pipeline.config.settings import Settings
+from pipeline.core.errors import ConfigError
 
 TOML = """
 log_level = "DEBUG"
@@ -242,7 +242,7 @@ def test_unknown_keys_are_warnings_by_default(
     path = tmp_path / "typo.toml"
     path.write_text("[index]\ndimz = 64\n")
     monkeypatch.setenv("EMBEDSTREAM_KAFKA_BOOTSTRAP", "x:1")
-    with caplog.at_level(logging.WARNING, logger="pipeline.settings"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.config.settings"):
         s = Settings.load(path)
     assert s.index.dims is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -272,7 +272,7 @@ def test_cli_owned_env_variables_are_not_unknown(
 ) -> None:
     """Variables the CLI declares (known_env) and EMBEDSTREAM_CONFIG are never reported."""
     monkeypatch.setenv("EMBEDSTREAM_SEARCH_LIMIT", "5")
-    with caplog.at_level(logging.WARNING, logger="pipeline.settings"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.config.settings"):
         Settings.load(known_env={"EMBEDSTREAM_SEARCH_LIMIT"}, strict=True)
     assert not caplog.records
 

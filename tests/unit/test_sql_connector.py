@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.keystates import Checkpointed, Documents, KeyState, KeyStates
-from connectors.rows import RowError, RowFormat, is_deleted, json_value, unescape
+from connectors.kit.keystates import Checkpointed, Documents, KeyState, KeyStates
+from connectors.kit.rows import RowError, RowFormat, is_deleted, json_value, unescape
 from connectors.sql import SqlTable, decode_value, encode_value, minus_lookback, natural_version
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 ROWS = RowFormat("{title}\n\n{body}", ("author", "published"), "deleted")
 

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import pytest
 
-import pipeline.worker as worker_module
+import pipeline.stages.worker as worker_module
 from pipeline.bus import Outgoing, Record
 from pipeline.bus.memory import InMemoryBus
-from pipeline.errors import CommitLost, PoisonError, StoreUnavailable
-from pipeline.observe import NullObserver
-from pipeline.worker import Health, Worker, backoff_seconds, is_retryable
+from pipeline.core.errors import CommitLost, PoisonError, StoreUnavailable
+from pipeline.observability import NullObserver
+from pipeline.stages.worker import Health, Worker, backoff_seconds, is_retryable
 
 IN, OUT, GROUP = "in", "out", "g"
 

@@ -1,0 +1,1 @@
+"""Helpers for connector authors: per-document key states, rows as documents, rejects."""

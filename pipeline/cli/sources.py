@@ -1,0 +1,271 @@
+"""The connectors on the command line: their options, and building a source from them.
+
+``embedstream index`` (one pass, embedded) and ``embedstream source sql|debezium`` (Kafka
+daemons) share these. Each builder makes the source, checks its name and binds the name
+to the source's identity (:class:`pipeline.sources.SourceBindings`), so one name never
+stands for two tables. Connector modules (SQLAlchemy, Kafka) are imported only when used.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from pipeline.config.settings import Settings
+from pipeline.core.errors import ConfigError
+from pipeline.sources import SourceBindings
+
+if TYPE_CHECKING:
+    from connectors.debezium import DebeziumSource
+    from connectors.jsonl import JsonlSource
+    from connectors.kit.rows import RowFormat
+    from connectors.sql import SqlSource
+    from pipeline.bus.kafka import KafkaBus
+
+_SQL = "SQL table (instead of PATH)"
+_ROWS = "Rows as documents (SQL, Debezium)"
+_JSONL = "JSON lines (instead of PATH)"
+SOURCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+ConnectorNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--source",
+        metavar="NAME",
+        help="Source name: document keys are NAME/id; one name stands for one folder, table or "
+        "stream per index. Default: fs, the table's name, or jsonl.",
+    ),
+]
+SqlUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sql-url",
+        metavar="URL",
+        envvar="EMBEDSTREAM_SQL_URL",
+        help="Index a database table instead of PATH: a SQLAlchemy URL "
+        "(postgresql+psycopg://user@host/db, sqlite:///file.db).",
+        rich_help_panel=_SQL,
+    ),
+]
+DaemonSqlUrlOpt = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        metavar="URL",
+        envvar="EMBEDSTREAM_SQL_URL",
+        help="SQLAlchemy URL (postgresql+psycopg://user@host/db, sqlite:///file.db).",
+    ),
+]
+TableOpt = Annotated[
+    str | None,
+    typer.Option("--table", metavar="NAME", help="Table (schema.name allowed).", rich_help_panel=_SQL),
+]
+QueryOpt = Annotated[
+    str | None,
+    typer.Option("--query", metavar="SQL", help="A SELECT to read instead of a table.", rich_help_panel=_SQL),
+]
+KeyColumnOpt = Annotated[
+    str,
+    typer.Option(
+        "--key", metavar="COLUMN", help="Column that identifies a row: the document id.", rich_help_panel=_SQL
+    ),
+]
+CursorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--version",
+        metavar="COLUMN",
+        help="Cursor column: updated_at (a timestamp) or a monotonic id. Required with --sql-url.",
+        rich_help_panel=_SQL,
+    ),
+]
+LookbackOpt = Annotated[
+    float,
+    typer.Option(
+        "--lookback",
+        metavar="N",
+        min=0,
+        help="Also re-read rows whose cursor is within N of the highest one seen (seconds for "
+        "timestamps, units for ids), to catch rows committed late with an older cursor.",
+        rich_help_panel=_SQL,
+    ),
+]
+KeyDiffOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--key-diff-every",
+        metavar="SECONDS",
+        min=0,
+        help="Compare the table's keys with what is indexed this often, to find hard deletes "
+        "(0: every pass). Default: every run for index, 300 for the daemon.",
+        rich_help_panel=_SQL,
+    ),
+]
+TextOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--text",
+        metavar="TEMPLATE",
+        help=r"Document text over columns, e.g. '{title}\n\n{body}' (\n is a newline, NULL is empty).",
+        rich_help_panel=_ROWS,
+    ),
+]
+MetadataOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--metadata",
+        metavar="COLUMN",
+        help="Columns copied into each point's metadata (repeatable or comma-separated).",
+        rich_help_panel=_ROWS,
+    ),
+]
+DeletedColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--deleted-column",
+        metavar="COLUMN",
+        help="Soft-delete column: true, non-zero or a timestamp means the row is deleted.",
+        rich_help_panel=_ROWS,
+    ),
+]
+JsonlOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--jsonl",
+        metavar="FILE",
+        help="Index change events from a JSON lines file ('-': stdin) instead of PATH.",
+        rich_help_panel=_JSONL,
+    ),
+]
+
+
+def _name_from(dotted: str) -> str:
+    """A default source name from a table or topic: ``public.articles`` -> ``articles``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", dotted.rpartition(".")[2])
+
+
+def checked_name(name: str) -> str:
+    if not SOURCE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"--source {name!r}: use letters, digits, '.', '_' or '-' (it is half of every document key)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    """How rows become documents: shared by the SQL and Debezium connectors."""
+
+    text: str | None
+    metadata: list[str] | None = None
+    deleted_column: str | None = None
+
+    def row_format(self, flag: str) -> RowFormat:
+        from connectors.kit.rows import RowFormat, unescape
+
+        if not self.text:
+            raise ConfigError(
+                f"--text is required with {flag}: the document text, e.g. '{{title}}\\n\\n{{body}}'"
+            )
+        columns = tuple(c.strip() for item in self.metadata or [] for c in item.split(",") if c.strip())
+        return RowFormat(unescape(self.text), columns, self.deleted_column)
+
+
+@dataclass(frozen=True)
+class SqlOptions:
+    url: str
+    table: str | None
+    query: str | None
+    key: str
+    version: str | None
+    rows: RowOptions
+    lookback: float = 60.0
+    key_diff_every: float | None = 0.0
+    name: str | None = None
+    rebind: bool = False
+
+    @property
+    def source_name(self) -> str:
+        """The given name, else the table's own (``public.articles`` -> ``articles``)."""
+        if self.name:
+            return checked_name(self.name)
+        return _name_from(self.table) if self.table else "sql"
+
+
+def sql_source(options: SqlOptions, settings: Settings, home: Path) -> SqlSource:
+    """The table as a source whose checkpoint and name binding live under ``home``."""
+    from connectors.sql import SqlSource, SqlTable
+
+    if not options.version:
+        raise ConfigError("--version is required: the cursor column (updated_at, or a monotonic id)")
+    config = SqlTable(
+        url=options.url, key=options.key, version=options.version, rows=options.rows.row_format("--sql-url"),
+        table=options.table, query=options.query, lookback=options.lookback,
+        key_diff_every_s=options.key_diff_every,
+    )  # fmt: skip
+    name = options.source_name
+    source = SqlSource(
+        config, home / "checkpoints" / f"{name}.sqlite", name=name, max_bytes=settings.limits.max_doc_bytes
+    )
+    try:
+        _ = source.relation  # columns checked now, not at the first row
+        SourceBindings.of(home).bind(name, source.identity, rebind=options.rebind)
+    except BaseException:
+        source.close()
+        raise
+    return source
+
+
+def jsonl_source(path: Path, name: str | None, settings: Settings, home: Path) -> JsonlSource:
+    """A JSON lines file or stdin; bad lines go to the local dead-letter log."""
+    from connectors.jsonl import STDIN, JsonlSource
+    from connectors.kit.rejects import LocalRejects
+    from pipeline.bus.dead_letters import LocalDeadLetters
+
+    name = checked_name(name or "jsonl")
+    from_stdin = str(path) == STDIN
+    if not from_stdin and not path.is_file():
+        raise ConfigError(f"--jsonl {path}: no such file")
+    source = JsonlSource(
+        STDIN if from_stdin else path,
+        home / "checkpoints" / f"{name}.sqlite",
+        name=name,
+        rejects=LocalRejects(LocalDeadLetters(settings.state_dir / "dlq.jsonl")),
+        stdin=sys.stdin.buffer if from_stdin else None,
+    )
+    SourceBindings.of(home).bind(name, source.identity)
+    return source
+
+
+@dataclass(frozen=True)
+class DebeziumOptions:
+    topics: list[str]
+    group: str | None
+    key: str | None
+    rows: RowOptions
+    name: str | None = None
+
+
+def debezium_source(
+    options: DebeziumOptions, settings: Settings, bus: KafkaBus, home: Path
+) -> DebeziumSource:
+    """Debezium topics on the pipeline's Kafka cluster; bad records go to ``<prefix>.dlq``."""
+    from connectors.debezium import DebeziumSource, DebeziumTopics
+    from connectors.kit.rejects import KafkaRejects
+    from pipeline.core.names import Topics
+
+    if not options.topics:
+        raise ConfigError("--topic is required: a Debezium change topic, e.g. dbserver1.public.articles")
+    name = checked_name(options.name or _name_from(options.topics[0]))
+    prefix = settings.kafka.topic_prefix
+    group = options.group or f"{prefix}.debezium.{name}"
+    config = DebeziumTopics(tuple(options.topics), group, options.rows.row_format("--topic"), options.key)
+    rejects = KafkaRejects(bus.producer(), Topics(prefix).dlq)
+    source = DebeziumSource(bus, config, name=name, rejects=rejects, max_bytes=settings.limits.max_doc_bytes)
+    SourceBindings.of(home).bind(name, source.identity)
+    return source

@@ -1,0 +1,1 @@
+"""The pure core: events, hashing, chunking, the planner, names. No settings, no adapters."""

@@ -1,0 +1,64 @@
+"""Builders that turn settings into adapters; shared by the embedded runner and daemons."""
+
+from __future__ import annotations
+
+from pipeline.config.settings import Settings
+from pipeline.core.chunking import Chunker, ChunkerConfig
+from pipeline.core.errors import ConfigError
+from pipeline.encoding.cache import SqliteEmbeddingCache
+from pipeline.encoding.transformer import Encoder, SentenceTransformerEncoder
+from pipeline.store import VectorStore
+
+DEFAULT_CHUNK_TOKENS = 200
+
+
+def open_store(settings: Settings) -> VectorStore:
+    if settings.store.url:
+        from pipeline.store.server import ServerStore
+
+        return ServerStore.from_settings(settings.store)
+    from pipeline.store.edge import EdgeStore
+
+    return EdgeStore(settings.qdrant_dir)
+
+
+def make_encoder(settings: Settings) -> Encoder:
+    # The state dir holds the ONNX export that serves small calls without importing torch.
+    return SentenceTransformerEncoder(settings.model, state_dir=settings.state_dir)
+
+
+def check_index_dims(settings: Settings) -> None:
+    """index.dims larger than the model's vectors is refused before anything is encoded."""
+    wanted = settings.index.dims
+    if wanted is None:
+        return
+    from pipeline.encoding.model_files import output_dims, resolve_model_path
+
+    full = output_dims(resolve_model_path(settings.model.name))
+    if full is not None and wanted > full:
+        model = settings.model.name
+        msg = f"index.dims={wanted} exceeds the {full} dimensions of model {model!r}; use at most {full}"
+        raise ConfigError(msg)
+
+
+def chunk_tokens(encoder: Encoder, settings: Settings) -> int:
+    """Tokens per chunk: the configured size, else the default within what the model reads."""
+    return settings.chunking.max_tokens or min(DEFAULT_CHUNK_TOKENS, encoder.max_tokens - 2)
+
+
+def make_chunker(encoder: Encoder, settings: Settings) -> Chunker:
+    # Two positions go to the model's special tokens ([CLS], [SEP]).
+    room = encoder.max_tokens - 2
+    size = chunk_tokens(encoder, settings)
+    if size > room:
+        msg = f"chunking.max_tokens={size} exceeds what the model reads ({room})"
+        raise ConfigError(msg)
+    try:
+        config = ChunkerConfig(size, settings.chunking.overlap_tokens)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return Chunker(encoder, config)
+
+
+def open_cache(settings: Settings) -> SqliteEmbeddingCache:
+    return SqliteEmbeddingCache(settings.cache_path)

@@ -25,7 +25,7 @@ run: install
 kafka-jars:
 	@bash ops/kafka/fetch.sh
 
-test: install kafka-jars
+test: install kafka-jars lint
 	$(PY) -m pytest -q
 
 test-unit: install
@@ -35,6 +35,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check pipeline connectors
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo  # the layer rule: [tool.importlinter] in pyproject.toml
 
 bench: install kafka-jars
 	$(PY) ops/bench/run.py

@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.core.chunking import Chunker
 from pipeline.core.hashing import normalize_text
 from pipeline.core.planner import chunk_point_ids
-from pipeline.encoding.transformer import Encoder
+from pipeline.encoding import Encoder
 from pipeline.store import VectorStore
 from pipeline.versions.spec import IndexVersion
 

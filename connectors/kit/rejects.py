@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from pipeline.bus import Producer, Record
-from pipeline.bus.dead_letters import LocalDeadLetters
+from pipeline.bus.dead_letters import LocalDeadLetters, dead_letter
 from pipeline.core.errors import EmbedstreamError
-from pipeline.stages import dead_letter
 
 __all__ = ["KafkaRejects", "LocalRejects", "Rejects"]
 

@@ -21,7 +21,7 @@ from pipeline.bus import Outgoing
 from pipeline.bus.kafka import KafkaBus
 from pipeline.config.settings import Settings
 from pipeline.core.events import ChangeEvent
-from pipeline.encoding.transformer import Encoder
+from pipeline.encoding import Encoder
 from pipeline.observability import NullObserver
 from pipeline.runtime import Runtime
 

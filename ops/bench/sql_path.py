@@ -27,7 +27,7 @@ from connectors.filesystem import FilesystemSource
 from connectors.kit.rows import RowFormat
 from connectors.sql import SqlSource, SqlTable
 from pipeline.config.settings import Settings
-from pipeline.encoding.transformer import Encoder
+from pipeline.encoding import Encoder
 from pipeline.runtime.embedded import EmbeddedPipeline
 from pipeline.runtime.local import IndexSummary, index_source
 from pipeline.sources import Source

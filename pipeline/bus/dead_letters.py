@@ -1,4 +1,5 @@
-"""Reading and replaying dead letters: the Kafka DLQ topic, or the embedded mode's local log.
+"""Dead letters, the one codec: writing one (:func:`dead_letter`), reading them back from the
+Kafka DLQ topic or the embedded mode's local log, and replaying them.
 
 Replay re-publishes the original bytes to the original topic. It needs no bookkeeping:
 replaying an event twice is harmless, because the sink ignores what the index already
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -19,9 +21,47 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.bus import Bus, Outgoing, Record
+from pipeline.core.errors import EmbedstreamError
 from pipeline.core.names import Topics
 
+log = logging.getLogger(__name__)
+
 _READ_TIMEOUT_S = 10.0
+_MAX_HEADER_MESSAGE = 1000
+#: A dead letter carries at most this much of the original value and key, so writing it
+#: can never fail for size, whatever arrived (a 2 MB poison record, a huge key).
+DLQ_VALUE_BYTES = 64 * 1024
+DLQ_KEY_CHARS = 1024
+
+
+def dead_letter(record: Record, error: EmbedstreamError, stage: str, dlq_topic: str) -> Outgoing:
+    """A bounded prefix of the original bytes plus enough context to understand them, and
+    to replay them when they were kept whole (``original.truncated`` says whether)."""
+    key = record.key or ""
+    log.warning(
+        "dead-lettered %s at %s[%d]@%d: %s",
+        key[:200],
+        record.topic,
+        record.partition,
+        record.offset,
+        error,
+        extra={"reason": error.reason, "stage": stage},
+    )
+    value = record.value
+    truncated = (value is not None and len(value) > DLQ_VALUE_BYTES) or len(key) > DLQ_KEY_CHARS
+    headers = (
+        ("error.class", type(error).__name__.encode()),
+        ("error.reason", error.reason.encode()),
+        ("error.message", str(error)[:_MAX_HEADER_MESSAGE].encode("utf-8", "replace")),
+        ("stage", stage.encode()),
+        ("original.topic", record.topic.encode()),
+        ("original.partition", str(record.partition).encode()),
+        ("original.offset", str(record.offset).encode()),
+        ("original.bytes", str(len(value) if value is not None else 0).encode()),
+        ("original.truncated", b"true" if truncated else b"false"),
+    )
+    prefix = value[:DLQ_VALUE_BYTES] if value is not None else None
+    return Outgoing(dlq_topic, key[:DLQ_KEY_CHARS], prefix, headers)
 
 
 @dataclass(frozen=True)

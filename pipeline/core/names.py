@@ -1,5 +1,6 @@
-"""Topic names, in one place: ``<prefix>.changes``, ``<prefix>.vectors.<index>-v<N>``, ``<prefix>.dlq``,
-``<prefix>.versions``."""
+"""Topic and consumer-group names, in one place: ``<prefix>.changes``,
+``<prefix>.vectors.<index>-v<N>``, ``<prefix>.dlq``, ``<prefix>.versions``, and the groups
+``<prefix>.<stage>.<index>-v<N>`` and ``<prefix>.<connector>.<source>``."""
 
 from __future__ import annotations
 
@@ -25,6 +26,14 @@ class Topics:
 
     def vectors(self, index: str, version: int) -> str:
         return f"{self.prefix}.vectors.{index}-v{version}"
+
+    def group(self, stage: str, index: str, version: int) -> str:
+        """One consumer group per stage and index version: a new version backfills from offset 0."""
+        return f"{self.prefix}.{stage}.{index}-v{version}"
+
+    def source_group(self, connector: str, source: str) -> str:
+        """The consumer group of a source that reads Kafka itself (Debezium's change topics)."""
+        return f"{self.prefix}.{connector}.{source}"
 
     def backfill(self, index: str, version: int) -> str:
         """Embedded mode only: the in-process topic replaying a source into one version."""

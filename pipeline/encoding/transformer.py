@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,24 +47,6 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
-
-
-class Encoder(Protocol):
-    """Turns text into full-dimension, L2-normalized float32 vectors."""
-
-    @property
-    def fingerprint(self) -> str: ...
-
-    @property
-    def max_tokens(self) -> int: ...
-
-    def offsets(self, text: str) -> list[Span]: ...
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
-
-    def encode_documents(self, texts: Sequence[str]) -> Matrix: ...
-
-    def encode_queries(self, texts: Sequence[str]) -> Matrix: ...
 
 
 def check_shape(matrix: Matrix, expected_rows: int) -> Matrix:

@@ -1,32 +1,26 @@
 """The one place that builds the pipeline from settings: source → bus → embed → sink.
 
-The embedded mode (:mod:`pipeline.runtime.embedded`), the Kafka daemons (:mod:`pipeline.runtime.daemons`)
-and the benchmark are short bindings of :class:`Runtime` over a bus, so "the same stage
-code in every mode" holds by construction. :func:`run_source_pass` is the one scan →
-publish → checkpoint loop, whatever the source and wherever the events go.
+The embedded mode (:mod:`pipeline.runtime.embedded`), the Kafka daemons
+(:mod:`pipeline.runtime.daemons`) and the benchmark are short bindings of :class:`Runtime`
+over a bus, so "the same stage code in every mode" holds by construction.
+:func:`pipeline.runtime.passes.run_source_pass` is the one scan → publish → checkpoint loop,
+whatever the source and wherever the events go.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pipeline.bus import Consumer, Producer, TopicSpec
 from pipeline.config.settings import Settings
-from pipeline.core.errors import Refused
-from pipeline.core.events import ChangeEvent
-from pipeline.core.faults import crash_point
-from pipeline.core.names import Topics
+from pipeline.encoding import Encoder
 from pipeline.encoding.cache import EmbeddingCache
-from pipeline.encoding.transformer import Encoder
 from pipeline.observability import Observer
-from pipeline.runtime.adapters import make_chunker, make_encoder, open_cache, open_store
+from pipeline.runtime.adapters import kafka_bus, make_chunker, make_encoder, open_cache, open_store
 from pipeline.runtime.models import VersionEncoders
-from pipeline.sources import Change, PassReport, Source
+from pipeline.runtime.topology import Topology
 from pipeline.stages import Stage
 from pipeline.stages.embed import EmbedStage
 from pipeline.stages.sink import PlanVersion, SinkStage
@@ -34,15 +28,10 @@ from pipeline.stages.worker import Health, Worker
 from pipeline.store import VectorStore
 from pipeline.versions.spec import IndexVersion
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
 
-#: Room above the largest accepted document for JSON escaping and metadata, so an accepted
-#: change event always fits a Kafka message.
-MESSAGE_HEADROOM = 1 << 20
-#: A pass may delete at most half of a source's indexed documents (and at least this many
-#: before the check applies) unless the caller allows more: an include glob that matches
-#: nothing, or an empty mount point, must not wipe an index.
-MASS_DELETE_MIN = 3
+log = logging.getLogger(__name__)
 
 
 class _Closeable(Protocol):
@@ -63,7 +52,8 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.observer = observer
-        self.topics = Topics(settings.kafka.topic_prefix)
+        self.topology = Topology(settings)
+        self.topics = self.topology.topics
         self._encoder = encoder
         self._cache = cache
         self._store = store
@@ -99,27 +89,20 @@ class Runtime:
 
     @property
     def message_limit(self) -> int:
-        """Largest Kafka message: any accepted document's change event fits."""
-        return 2 * self.settings.limits.max_doc_bytes + MESSAGE_HEADROOM
+        return self.topology.message_limit
 
     def topic_specs(self, version: int) -> list[TopicSpec]:
-        kafka, topics = self.settings.kafka, self.topics
-        return [
-            TopicSpec(topics.changes, kafka.partitions, kafka.replication, compacted=True),
-            TopicSpec(topics.vectors(self.settings.index.name, version), kafka.partitions, kafka.replication),
-            TopicSpec(topics.dlq, kafka.partitions, kafka.replication, compacted=False),
-            # The index versions' specs: one small compacted table (pipeline/runtime/registry.py).
-            TopicSpec(topics.versions, 1, kafka.replication, compacted=True),
-        ]
+        return self.topology.topic_specs(version)
 
     def group_id(self, stage: str, version: int) -> str:
-        """One consumer group per stage and index version: a new version backfills from offset 0."""
-        return f"{self.settings.kafka.topic_prefix}.{stage}.{self.settings.index.name}-v{version}"
+        return self.topology.group_id(stage, version)
 
     def input_topic(self, stage: Stage, version: int) -> str:
-        if stage.name == "embed":
-            return self.topics.changes
-        return self.topics.vectors(self.settings.index.name, version)
+        return self.topology.input_topic(stage.name, version)
+
+    def kafka_bus(self, client: str, timeouts: KafkaTimeouts | None = None) -> KafkaBus:
+        """A Kafka bus whose messages fit any accepted document (``client``: its client id)."""
+        return kafka_bus(self.settings, client, timeouts)
 
     def embed_stage(
         self, version: int, spec: IndexVersion | None = None, observer: Observer | None = None
@@ -162,89 +145,3 @@ class Runtime:
         for resource in reversed(self._owned):
             resource.close()
         self._owned.clear()
-
-
-# --------------------------------------------------------------------------- source passes
-
-#: Publish events; return the keys of those that were not indexed (dead-lettered), whose
-#: changes must therefore not be checkpointed (the next pass tries them again).
-Deliver = Callable[[Sequence[ChangeEvent]], set[str]]
-#: doc_id -> indexed version of the source's live documents, read from the index.
-Indexed = Callable[[], Mapping[str, int]]
-
-
-@dataclass
-class PassResult:
-    report: PassReport = field(default_factory=PassReport)
-    published: int = 0
-    deleted: int = 0
-    orphans: int = 0
-
-
-def run_source_pass(
-    source: Source,
-    deliver: Deliver,
-    *,
-    slice_size: int,
-    indexed: Indexed | None = None,
-    allow_mass_delete: bool = True,
-) -> PassResult:
-    """One pass: publish the source's changes in slices, checkpointing each slice only once
-    it is delivered; unless ``allow_mass_delete``, deletions go last, after a check that
-    they are not most of what the source has indexed.
-
-    With ``indexed``, documents the index holds for this source but the pass did not see
-    are deleted too (reconciling against the index, not only against the checkpoint).
-    """
-    result = PassResult()
-    deletions: list[Change] = []
-    changes = source.changes(result.report)
-    # Deletions wait for the check only when there is one; otherwise events keep the order
-    # the source gave them (a delete and a re-create of one document in the same pass).
-    updates = changes if allow_mass_delete else (c for c in changes if not _is_deletion(c, deletions))
-    for part in _slices(updates, slice_size):
-        result.published += _deliver(source, deliver, part)
-    if indexed is not None:
-        known = indexed()
-        pending = {c.doc_id for c in deletions}  # set aside above, still live in the index
-        orphans = [c for c in source.orphans(known) if c.doc_id not in pending]
-        result.orphans = len(orphans)
-        deletions += orphans
-        if not allow_mass_delete:
-            _check_mass_deletion(source, len(deletions), len(known))
-    for part in _slices(iter(deletions), slice_size):
-        result.deleted += _deliver(source, deliver, part)
-    return result
-
-
-def _is_deletion(change: Change, deletions: list[Change]) -> bool:
-    """Set deletions aside (they are published after the mass-deletion check)."""
-    if change.event is not None and change.event.op == "delete":
-        deletions.append(change)
-        return True
-    return False
-
-
-def _deliver(source: Source, deliver: Deliver, part: Sequence[Change]) -> int:
-    events = [c.event for c in part if c.event is not None]
-    failed = deliver(events) if events else set()
-    crash_point("source.after_publish")
-    source.commit([c for c in part if c.event is None or c.event.key not in failed])
-    return len(events)
-
-
-def _check_mass_deletion(source: Source, deletions: int, indexed: int) -> None:
-    if deletions >= MASS_DELETE_MIN and deletions * 2 > indexed:
-        msg = (
-            f"this pass would delete {deletions} of the {indexed} documents indexed from source "
-            f"{source.name!r} ({source.identity}); nothing was deleted. If that is intended (you "
-            "removed or excluded those files), run again with --allow-mass-delete; otherwise check "
-            "the path and the --include/--exclude globs (a glob without '/' matches at any depth)"
-        )
-        raise Refused(msg)
-
-
-def _slices(changes: Iterator[Change] | Iterable[Change], size: int) -> Iterator[list[Change]]:
-    iterator = iter(changes)
-    while part := list(itertools.islice(iterator, size)):
-        yield part

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pipeline.config.settings import Settings
 from pipeline.core.chunking import Chunker, ChunkerConfig
 from pipeline.core.errors import ConfigError
+from pipeline.encoding import Encoder
 from pipeline.encoding.cache import SqliteEmbeddingCache
-from pipeline.encoding.transformer import Encoder, SentenceTransformerEncoder
+from pipeline.encoding.transformer import SentenceTransformerEncoder
+from pipeline.runtime.topology import Topology
 from pipeline.store import VectorStore
+
+if TYPE_CHECKING:
+    from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
 
 DEFAULT_CHUNK_TOKENS = 200
 
@@ -20,6 +27,14 @@ def open_store(settings: Settings) -> VectorStore:
     from pipeline.store.edge import EdgeStore
 
     return EdgeStore(settings.qdrant_dir)
+
+
+def kafka_bus(settings: Settings, client: str, timeouts: KafkaTimeouts | None = None) -> KafkaBus:
+    """The Kafka bus of ``client`` (its client id), sized so any accepted document fits."""
+    from pipeline.bus.kafka import KafkaBus
+
+    limit = Topology(settings).message_limit
+    return KafkaBus(settings.kafka, client_id=client, timeouts=timeouts, max_message_bytes=limit)
 
 
 def make_encoder(settings: Settings) -> Encoder:

@@ -21,7 +21,8 @@ from typing import Any
 from pipeline.bus.kafka import KafkaBus
 from pipeline.config.settings import IndexSettings, ModelSettings, Settings
 from pipeline.core.errors import ConfigError
-from pipeline.encoding.transformer import Encoder, SentenceTransformerEncoder
+from pipeline.encoding import Encoder
+from pipeline.encoding.transformer import SentenceTransformerEncoder
 from pipeline.observability import NullObserver
 from pipeline.runtime import Runtime
 from pipeline.runtime.models import effective_chunking, full_dims
@@ -39,9 +40,10 @@ from pipeline.versions.apply import (
     version_states,
 )
 from pipeline.versions.decide import GcChoice, VersionState, next_number, plan_version
+from pipeline.versions.doc_states import DocStates
 from pipeline.versions.evaluation import EvalReport
 from pipeline.versions.gate import QuerySet, evaluate_version
-from pipeline.versions.spec import DocStates, IndexVersion, Lifecycle, live_version, read_lifecycle, versions
+from pipeline.versions.spec import IndexVersion, Lifecycle, live_version, read_lifecycle, versions
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +61,7 @@ class Admin:
         runtime = Runtime(settings, NullObserver())
         if not kafka:
             return cls(settings, runtime)
-        bus = KafkaBus(
-            settings.kafka, client_id="embedstream-migrate", max_message_bytes=runtime.message_limit
-        )
+        bus = runtime.kafka_bus("embedstream-migrate")
         return cls(settings, runtime, bus)
 
     @property

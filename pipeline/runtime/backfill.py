@@ -19,9 +19,9 @@ from functools import partial
 from pathlib import Path
 
 from pipeline.config.settings import Settings
-from pipeline.runtime import run_source_pass
 from pipeline.runtime.embedded import EmbeddedPipeline
 from pipeline.runtime.local import SLICE, Progress, ProgressTracker
+from pipeline.runtime.passes import run_source_pass
 from pipeline.sources import Source
 from pipeline.versions.apply import mark_backfilled
 from pipeline.versions.spec import find_version, read_lifecycle

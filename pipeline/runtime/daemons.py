@@ -24,8 +24,9 @@ from pipeline.core.errors import MessageTooLarge
 from pipeline.core.events import ChangeEvent
 from pipeline.observability.http import DaemonServer
 from pipeline.observability.prometheus import PrometheusObserver
-from pipeline.runtime import Runtime, run_source_pass
+from pipeline.runtime import Runtime
 from pipeline.runtime.adapters import check_index_dims
+from pipeline.runtime.passes import run_source_pass
 from pipeline.runtime.registry import embed_version, read_versions, sink_planner
 from pipeline.sources import Source
 from pipeline.stages import Stage
@@ -67,10 +68,7 @@ def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[Dae
     registry = CollectorRegistry()
     health = Health()
     runtime = Runtime(settings, PrometheusObserver(registry, settings.index.name))
-    bus = KafkaBus(
-        settings.kafka, client_id=f"embedstream-{name}", timeouts=DAEMON_TIMEOUTS,
-        max_message_bytes=runtime.message_limit,
-    )  # fmt: skip
+    bus = runtime.kafka_bus(f"embedstream-{name}", DAEMON_TIMEOUTS)
     checks: list[Check] = []
     try:
         server = DaemonServer(settings.http.addr, registry, partial(_readiness, health, checks)).start()

@@ -22,16 +22,17 @@ from pipeline.bus.memory import InMemoryBus
 from pipeline.config.settings import IndexSettings, Settings
 from pipeline.core.errors import ConfigError
 from pipeline.core.events import ChangeEvent
+from pipeline.encoding import Encoder
 from pipeline.encoding.cache import EmbeddingCache
-from pipeline.encoding.transformer import Encoder
 from pipeline.observability import NullObserver, Observer, Observers, RunStats
 from pipeline.runtime import Runtime
 from pipeline.runtime.adapters import check_index_dims
 from pipeline.runtime.lanes import Lane, backfill_topic, build_lane
 from pipeline.runtime.models import effective_chunking
 from pipeline.store import VectorStore
+from pipeline.versions.doc_states import DocStates
 from pipeline.versions.search import SearchResult, search_documents
-from pipeline.versions.spec import DocStates, IndexVersion, find_version, live_version, versions
+from pipeline.versions.spec import IndexVersion, find_version, live_version, versions
 
 log = logging.getLogger(__name__)
 

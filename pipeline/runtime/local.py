@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.core.planner import Outcome
-from pipeline.runtime import PassResult, run_source_pass
 from pipeline.runtime.embedded import EmbeddedPipeline
+from pipeline.runtime.passes import PassResult, run_source_pass
 from pipeline.sources import Source
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pipeline.config.settings import ChunkingSettings, Settings
 from pipeline.core.chunking import Chunker
 from pipeline.core.errors import ConfigError
-from pipeline.encoding.transformer import Encoder, SentenceTransformerEncoder
+from pipeline.encoding import Encoder
+from pipeline.encoding.transformer import SentenceTransformerEncoder
 from pipeline.runtime.adapters import chunk_tokens, make_chunker
 from pipeline.versions.spec import IndexVersion
 

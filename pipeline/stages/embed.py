@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.bus import Outgoing, Record
+from pipeline.bus.dead_letters import dead_letter
 from pipeline.config.settings import LimitsSettings
 from pipeline.core.chunking import Chunk, Chunker
 from pipeline.core.errors import DocumentTooLarge, EmptyDocument, InvalidEvent, InvalidVectors, PoisonError
@@ -27,10 +28,9 @@ from pipeline.core.events import ChangeEvent, ChunkRef, VectorsEvent
 from pipeline.core.faults import crash_point
 from pipeline.core.hashing import is_utf8, normalize_text, sha256_hex
 from pipeline.core.planner import chunk_point_ids, plan_encode
+from pipeline.encoding import Encoder
 from pipeline.encoding.cache import EmbeddingCache, Vector
-from pipeline.encoding.transformer import Encoder
 from pipeline.observability import Observer
-from pipeline.stages import dead_letter
 
 log = logging.getLogger(__name__)
 

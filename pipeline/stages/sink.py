@@ -19,15 +19,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pipeline.bus import Outgoing, Record
+from pipeline.bus.dead_letters import dead_letter
 from pipeline.config.settings import IndexSettings
 from pipeline.core.errors import ForeignModel, InvalidVectors, PoisonError, StoreRejected
 from pipeline.core.events import VectorsEvent
 from pipeline.core.faults import crash_point
 from pipeline.core.planner import DocState, Incoming, Outcome, Write, WritePlan, metadata_hash, plan_batch
 from pipeline.observability import Observer
-from pipeline.stages import dead_letter
 from pipeline.store import DOC_KEY, VERSION, PointWrite, Sweep, VectorStore
-from pipeline.versions.spec import DocStates, IndexVersion, create_version, ensure_alias, read_version
+from pipeline.versions.doc_states import DocStates
+from pipeline.versions.spec import IndexVersion, create_version, ensure_alias, read_version
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pipeline.core.errors import ConfigError, Refused
 from pipeline.store import VectorStore
 from pipeline.versions.decide import GcChoice, VersionState, gc_choice, promotion_refusals, rollback_target
+from pipeline.versions.doc_states import DocStates
 from pipeline.versions.spec import (
-    DocStates,
     IndexVersion,
     Lifecycle,
     create_version,

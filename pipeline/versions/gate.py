@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.config.settings import IndexSettings
 from pipeline.core.errors import ConfigError
-from pipeline.encoding.transformer import Encoder
+from pipeline.encoding import Encoder
 from pipeline.store import VectorStore
 from pipeline.versions.evaluation import (
     EvalReport,

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core.errors import ConfigError
-from pipeline.encoding.transformer import Encoder
+from pipeline.encoding import Encoder
 from pipeline.store import DOC_KEY, Hit, Scalar, SearchOptions, VectorStore
-from pipeline.versions.spec import DocStates, IndexVersion
+from pipeline.versions.doc_states import DocStates
+from pipeline.versions.spec import IndexVersion
 
 FIRST_HITS_PER_DOCUMENT = 4  # chunk hits asked for per wanted document, first request
 GROWTH = 4  # each later request asks for this many times more chunk hits

@@ -1,12 +1,13 @@
-"""Index versions and per-document bookkeeping, expressed over the ``VectorStore`` port.
+"""Index versions, expressed over the ``VectorStore`` port.
 
 An index version is collection ``<name>__v<N>`` plus a companion ``<name>__v<N>__docs``
 that records, per document, the version and chunk point ids the index reflects (and a
-tombstone after a deletion), the version's own spec (immutable once written) and its
-lifecycle (when the alias came and went, which version it replaced, which sources were
-replayed into it). Keeping this in Qdrant itself, not beside it, means whatever store
-holds the points also holds the truth about them. Kafka workers that cannot reach the
-store read the same spec from the control topic (:mod:`pipeline.runtime.registry`).
+tombstone after a deletion; :mod:`pipeline.versions.doc_states`), the version's own spec
+(immutable once written) and its lifecycle (when the alias came and went, which version it
+replaced, which sources were replayed into it). Keeping this in Qdrant itself, not beside
+it, means whatever store holds the points also holds the truth about them. Kafka workers
+that cannot reach the store read the same spec from the control topic
+(:mod:`pipeline.runtime.registry`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,11 @@ import numpy as np
 
 from pipeline.config.settings import IndexSettings, ModelSettings
 from pipeline.core.errors import ConfigError
-from pipeline.core.events import Matrix, normalize_rows, split_key
+from pipeline.core.events import Matrix, normalize_rows
 from pipeline.core.faults import crash_point
 from pipeline.core.hashing import doc_state_id
-from pipeline.core.planner import DocState
 from pipeline.store import (
     DOC_KEY,
-    VERSION,
     CollectionSpec,
     Datatype,
     PointWrite,
@@ -39,7 +38,8 @@ from pipeline.store import (
 
 _SPEC_KEY = "__spec__"
 _LIFECYCLE_KEY = "__lifecycle__"
-_UNIT = (1.0,)  # the docs collection needs a vector; it is never searched
+#: The vector of every point in a docs collection: one is required, and it is never searched.
+DOCS_VECTOR = (1.0,)
 #: uint8 storage codes each component x of a unit vector as round(x * 127 / r) + 128, clipped
 #: to 1..255, with r = min(1, UINT8_SIGMAS / sqrt(dims)): a component of a d-dimensional unit
 #: vector has a spread near 1/sqrt(d), so r leaves room for outliers of 8 times that while
@@ -195,7 +195,7 @@ def create_version(store: VectorStore, version: IndexVersion) -> None:
     crash_point("index.create_version")
     store.create_collection(version.docs_collection, CollectionSpec(dims=1))
     payload = {DOC_KEY: _SPEC_KEY, "spec": version.to_json()}
-    store.upsert(version.docs_collection, [PointWrite(doc_state_id(_SPEC_KEY), _UNIT, payload)])
+    store.upsert(version.docs_collection, [PointWrite(doc_state_id(_SPEC_KEY), DOCS_VECTOR, payload)])
     store.flush()
     ensure_alias(store, version)
 
@@ -269,54 +269,5 @@ def _known_fields(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def write_lifecycle(store: VectorStore, version: IndexVersion, lifecycle: Lifecycle) -> None:
     payload = {DOC_KEY: _LIFECYCLE_KEY, "lifecycle": asdict(lifecycle)}
-    store.upsert(version.docs_collection, [PointWrite(doc_state_id(_LIFECYCLE_KEY), _UNIT, payload)])
+    store.upsert(version.docs_collection, [PointWrite(doc_state_id(_LIFECYCLE_KEY), DOCS_VECTOR, payload)])
     store.flush()
-
-
-class DocStates:
-    """Read and write :class:`DocState` records of one index version."""
-
-    def __init__(self, store: VectorStore, version: IndexVersion) -> None:
-        self._store = store
-        self._collection = version.docs_collection
-
-    def get(self, keys: Sequence[str]) -> dict[str, DocState]:
-        ids = {doc_state_id(k): k for k in keys}
-        found = self._store.retrieve(self._collection, list(ids))
-        return {ids[i]: _state(p) for i, p in found.items() if i in ids}
-
-    def put(self, states: Mapping[str, DocState]) -> None:
-        """Record states, never over a newer recorded version (a fenced-out writer loses)."""
-        points = [PointWrite(doc_state_id(key), _UNIT, _record(key, s)) for key, s in states.items()]
-        self._store.upsert(self._collection, points, guarded=True)
-
-    def live_count(self, source: str | None = None) -> int:
-        filters: dict[str, str] = {"status": "live"}
-        if source is not None:
-            filters["source"] = source
-        return self._store.count(self._collection, filters)
-
-    def live(self, source: str) -> dict[str, int]:
-        """doc_id -> indexed version of every live document of ``source``."""
-        found = self._store.scroll(self._collection, {"status": "live", "source": source})
-        return {str(p["doc_id"]): int(p[VERSION]) for _, p in found if "doc_id" in p}
-
-
-def _record(key: str, state: DocState) -> dict[str, Any]:
-    source, doc_id = split_key(key)
-    return {DOC_KEY: key, "source": source, "doc_id": doc_id, "status": _status(state), **asdict(state)}
-
-
-def _status(state: DocState) -> str:
-    # A keyword, not a bool: the embedded engine does not match boolean payload values.
-    return "deleted" if state.deleted else "live"
-
-
-def _state(payload: dict[str, Any]) -> DocState:
-    return DocState(
-        version=int(payload["version"]),
-        content_hash=str(payload["content_hash"]),
-        meta_hash=str(payload["meta_hash"]),
-        point_ids=tuple(payload["point_ids"]),
-        deleted=bool(payload["deleted"]),
-    )

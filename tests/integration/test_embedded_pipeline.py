@@ -15,7 +15,8 @@ import pytest
 from connectors.filesystem import FilesystemSource
 from pipeline.config.settings import Settings
 from pipeline.core.events import ChangeEvent, Matrix
-from pipeline.encoding.transformer import Encoder, SentenceTransformerEncoder
+from pipeline.encoding import Encoder
+from pipeline.encoding.transformer import SentenceTransformerEncoder
 from pipeline.runtime.adapters import make_chunker
 from pipeline.runtime.embedded import EmbeddedPipeline
 from pipeline.runtime.local import index_source

@@ -16,8 +16,8 @@ from pipeline.config.settings import LimitsSettings
 from pipeline.core.chunking import Chunker, ChunkerConfig
 from pipeline.core.events import ChangeEvent, VectorsEvent
 from pipeline.core.hashing import normalize_text, sha256_hex
+from pipeline.encoding import Encoder
 from pipeline.encoding.cache import SqliteEmbeddingCache
-from pipeline.encoding.transformer import Encoder
 from pipeline.observability import RunStats
 from pipeline.stages.embed import EmbedStage
 
@@ -354,7 +354,7 @@ def test_a_document_with_no_readable_words_is_poison_and_removed(h: Harness) -> 
 
 def test_a_dead_letter_carries_a_bounded_prefix_of_a_huge_record(h: Harness) -> None:
     """A 3 MB poison value and a 5 KB key become a dead letter of at most 64 KiB, marked truncated."""
-    from pipeline.stages import DLQ_KEY_CHARS, DLQ_VALUE_BYTES
+    from pipeline.bus.dead_letters import DLQ_KEY_CHARS, DLQ_VALUE_BYTES
 
     value = b"{" + b"x" * 3_000_000
     out = h.stage.handle([h.record(value, key="fs/" + "k" * 5000)])

@@ -16,8 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Kafka fixtures live in one plugin so integration and e2e tests share one broker.
-pytest_plugins = ["tests.kafka_fixtures", "tests.cli_runner"]
+# Kafka and Qdrant fixtures live in plugins so integration and e2e tests share one
+# broker and one Qdrant server.
+pytest_plugins = ["tests.kafka_fixtures", "tests.qdrant_fixtures", "tests.cli_runner"]
 
 
 @pytest.fixture(scope="session")

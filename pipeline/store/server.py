@@ -312,6 +312,11 @@ class ServerStore:
                     f"TLS certificate of the Qdrant server at {self._url} is not trusted: "
                     f"{certificate.verify_message}; set store.ca_file to the CA that signed it"
                 ) from exc
+            if self._url.startswith("http://") and _answered_in_tls(exc):
+                https = "https://" + self._url.removeprefix("http://")
+                raise ConfigError(
+                    f"the Qdrant server at {self._url} speaks TLS on that port: set store.url to {https}"
+                ) from exc
             raise StoreUnavailable(f"Qdrant server: {exc}") from exc
         except UnexpectedResponse as exc:
             raise answer_error(exc, self._url, write=write) from exc
@@ -321,6 +326,16 @@ class ServerStore:
             if write:
                 raise StoreRejected(f"Qdrant rejected the write: {exc}") from exc
             raise
+
+
+def _answered_in_tls(exc: BaseException) -> bool:
+    """A plain HTTP request answered with a TLS alert: httpx cannot parse it as HTTP."""
+    chain: BaseException | None = exc
+    while chain is not None:
+        if any(sign in str(chain) for sign in ("illegal request line", "illegal status line")):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    return False
 
 
 def _filter(filters: Mapping[str, Scalar] | None) -> qm.Filter | None:

@@ -1,16 +1,15 @@
 """One contract for every VectorStore adapter: the embedded engine and qdrant-client.
 
-qdrant-client runs in its local mode here (no server in CI); the adapter code path —
-models, filters, aliases, error translation — is the one used against a real server.
-With ``EMBEDSTREAM_TEST_QDRANT_URL`` set (and ``EMBEDSTREAM_TEST_QDRANT_API_KEY`` if the
-server wants one) every test also runs against that server. Collection and alias names
-carry a suffix unique to the test, and the test's collections are dropped afterwards, so
-the server may hold other data.
+The server adapter runs twice: against qdrant-client's local mode (``qdrant-client``) and
+against a real Qdrant server (``qdrant-server``): the session's ``qdrant_server`` fixture
+(:mod:`tests.qdrant_fixtures`) starts one from the shared binary, or uses
+``EMBEDSTREAM_TEST_QDRANT_URL`` (and ``EMBEDSTREAM_TEST_QDRANT_API_KEY``) when set.
+Collection and alias names carry a suffix unique to the test, and the test's collections
+are dropped afterwards, so the server may hold other data.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,9 +22,8 @@ from pipeline.core.errors import ConfigError, StoreRejected
 from pipeline.store import CollectionSpec, PointWrite, SearchOptions, Sweep, VectorStore
 from pipeline.store.edge import EdgeStore
 from pipeline.store.server import ServerStore
+from tests.qdrant_fixtures import QdrantEndpoint
 
-QDRANT_URL_ENV = "EMBEDSTREAM_TEST_QDRANT_URL"
-QDRANT_KEY_ENV = "EMBEDSTREAM_TEST_QDRANT_API_KEY"
 SERVER_ADAPTERS = ("qdrant-client", "qdrant-server")
 
 
@@ -44,16 +42,14 @@ def name() -> Names:
     return Names()
 
 
-def open_store(kind: str, tmp_path: Path, **options: int) -> VectorStore:
+def open_store(kind: str, tmp_path: Path, qdrant: QdrantEndpoint | None, **options: int) -> VectorStore:
     """A new adapter of ``kind``; ``options`` go to ServerStore (e.g. max_request_bytes)."""
     if kind == "edge":
         return EdgeStore(tmp_path / "edge")
     if kind == "qdrant-client":
         return ServerStore(location=":memory:", **options)
-    url = os.environ.get(QDRANT_URL_ENV)
-    if not url:
-        pytest.skip(f"{QDRANT_URL_ENV} is not set: no Qdrant server to test against")
-    return ServerStore(url, os.environ.get(QDRANT_KEY_ENV) or None, **options)
+    assert qdrant is not None
+    return qdrant.store(**options)
 
 
 @pytest.fixture(params=["edge", *SERVER_ADAPTERS])
@@ -62,8 +58,14 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store(kind: str, tmp_path: Path, name: Names) -> Iterator[VectorStore]:
-    adapter = open_store(kind, tmp_path)
+def qdrant(kind: str, request: pytest.FixtureRequest) -> QdrantEndpoint | None:
+    """The session's Qdrant server for the ``qdrant-server`` variant; the others need none."""
+    return request.getfixturevalue("qdrant_server") if kind == "qdrant-server" else None
+
+
+@pytest.fixture
+def store(kind: str, tmp_path: Path, qdrant: QdrantEndpoint | None, name: Names) -> Iterator[VectorStore]:
+    adapter = open_store(kind, tmp_path, qdrant)
     yield adapter
     if kind == "qdrant-server":  # a shared server: leave only what was there
         for collection in adapter.collections():
@@ -252,9 +254,9 @@ def server_kind(kind: str) -> str:
     return kind
 
 
-def test_large_writes_are_split_into_bounded_requests(server_kind, tmp_path, name):
+def test_large_writes_are_split_into_bounded_requests(server_kind, tmp_path, qdrant, name):
     """Upserts and deletes far over max_request_bytes are split and every point is written and removed."""
-    store = open_store(server_kind, tmp_path, max_request_bytes=64 * 1024)
+    store = open_store(server_kind, tmp_path, qdrant, max_request_bytes=64 * 1024)
     try:
         store.create_collection(name("c"), CollectionSpec(384))
         written = [
@@ -283,11 +285,11 @@ def test_creating_an_existing_collection_with_another_spec_is_a_config_error(ser
             store.create_collection(name("c"), other)
 
 
-def test_sinks_creating_one_collection_at_once_all_succeed(server_kind, store, tmp_path, name):
+def test_sinks_creating_one_collection_at_once_all_succeed(server_kind, store, tmp_path, qdrant, name):
     """Several stores creating the same collection together all succeed (the losers see 409)."""
     if server_kind != "qdrant-server":
         pytest.skip("local mode keeps one process's data: there is nothing to race against")
-    stores = [open_store(server_kind, tmp_path) for _ in range(4)]
+    stores = [open_store(server_kind, tmp_path, qdrant) for _ in range(4)]
     errors: list[BaseException] = []
     start = threading.Barrier(len(stores))
 

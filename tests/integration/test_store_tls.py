@@ -1,16 +1,21 @@
 """The Qdrant server adapter's transport security: https verified against store.ca_file.
 
-No Qdrant server binary is available to the tests (``EMBEDSTREAM_TEST_QDRANT_URL`` runs the
-store contract suite against a real one), so a local HTTPS endpoint answers the one REST
-call these tests make (``GET /collections``) the way Qdrant does. What is under test is real:
-qdrant-client, httpx and the TLS handshake, with certificates from a throwaway CA.
+Each check runs twice. First against a local HTTPS endpoint that answers the one REST
+call made (``GET /collections``) the way Qdrant does and records the API key of every
+request it reads: that shows directly that a refused certificate keeps the key at home,
+and needs no server binary. Then against a real Qdrant server started with TLS, its
+certificate from a private CA (``qdrant_tls_server``, :mod:`tests.qdrant_fixtures`), with
+a full store round trip. Either way qdrant-client, httpx and the TLS handshake are real.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,9 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.errors import AuthenticationFailed
+from pipeline.config.settings import StoreSettings
+from pipeline.core.errors import AuthenticationFailed, EmbedstreamError
+from pipeline.store import CollectionSpec, PointWrite, SearchOptions
 from pipeline.store.server import ServerStore
 from tests.pki import CertificateAuthority
+from tests.qdrant_fixtures import QdrantServer, QdrantTlsEndpoint
 
 API_KEY = "qdrant-test-key"
 
@@ -111,3 +119,96 @@ def test_a_refused_api_key_is_authentication_failed(https_endpoint: Endpoint):
     finally:
         store.close()
     assert "not-the-key" not in str(raised.value)
+
+
+# -- the same checks against a real Qdrant server on TLS ------------------------------------
+
+ACCESS_LOG = "actix_web::middleware::logger"  # one line per HTTP request the server read
+
+
+def requests_read_since(server: QdrantServer, offset: int, tls: QdrantTlsEndpoint) -> list[str]:
+    """The requests the server read from log byte ``offset`` on, up to a marker request
+    of our own: once the marker is logged, every earlier request is too."""
+    marker = f"/collections/marker_{uuid.uuid4().hex}/exists"
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server.http_port, timeout=10, context=ssl.create_default_context(cafile=str(tls.ca))
+    )
+    try:
+        connection.request("GET", marker, headers={"api-key": tls.api_key or ""})
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in server.log_since(offset).splitlines() if ACCESS_LOG in line]
+        if any(marker in line for line in lines):
+            return [line for line in lines if marker not in line]
+        assert time.monotonic() < deadline, f"the marker request was never logged:\n{server.log_tail()}"
+        time.sleep(0.05)
+
+
+def test_a_real_server_on_https_with_a_private_ca_and_the_api_key(qdrant_tls_server: QdrantTlsEndpoint):
+    """store.url https://, store.ca_file and store.api_key: a real store round trip over TLS."""
+    settings = StoreSettings(
+        url=qdrant_tls_server.url, api_key=qdrant_tls_server.api_key, ca_file=qdrant_tls_server.ca
+    )
+    collection = f"tls_{uuid.uuid4().hex[:12]}"
+    vectors = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+    written = [
+        PointWrite(str(uuid.uuid5(uuid.NAMESPACE_URL, f"tls{i}")), v, {"doc_key": "a", "version": 1})
+        for i, v in enumerate(vectors)
+    ]
+    store = ServerStore.from_settings(settings)
+    try:
+        store.create_collection(collection, CollectionSpec(4))
+        store.upsert(collection, written)
+        assert store.count(collection) == 3
+        hits = store.search(collection, [0.1, 0.9, 0.0, 0.0], SearchOptions(limit=1))
+        assert [h.id for h in hits] == [written[1].id]
+        assert collection in store.collections()
+    finally:
+        store.drop_collection(collection)
+        store.close()
+
+
+def test_a_real_servers_certificate_from_another_ca_is_refused_before_the_key_is_sent(
+    qdrant_tls_server: QdrantTlsEndpoint,
+):
+    """Trusting another CA, the adapter refuses the real server's certificate: AuthenticationFailed,
+    and the server never read a request (so never the API key in its headers)."""
+    server = qdrant_tls_server.server
+    assert server is not None
+    offset = server.log_size()
+    store = qdrant_tls_server.store(ca_file=qdrant_tls_server.rogue_ca)
+    try:
+        with pytest.raises(AuthenticationFailed, match=r"is not trusted.*store\.ca_file"):
+            store.collections()
+    finally:
+        store.close()
+    assert requests_read_since(server, offset, qdrant_tls_server) == []
+
+
+def test_a_real_server_refusing_the_api_key_is_authentication_failed(qdrant_tls_server: QdrantTlsEndpoint):
+    """The real server's 401 is AuthenticationFailed naming store.api_key; the key is not in it."""
+    store = ServerStore(qdrant_tls_server.url, "not-the-key", ca_file=qdrant_tls_server.ca)
+    try:
+        with pytest.raises(
+            AuthenticationFailed, match=r"refused the request \(401\).*store\.api_key"
+        ) as raised:
+            store.collections()
+    finally:
+        store.close()
+    assert "not-the-key" not in str(raised.value)
+
+
+# qdrant-client's background version check fails too (http to a TLS port) and warns.
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version:UserWarning")
+def test_http_to_the_tls_port_says_the_port_speaks_tls(qdrant_tls_server: QdrantTlsEndpoint):
+    """store.url http:// pointed at a TLS port is a configuration mistake: the error says the
+    port speaks TLS and to use https://, instead of a vague "unavailable" retried forever."""
+    store = ServerStore(qdrant_tls_server.plain_url, qdrant_tls_server.api_key)
+    try:
+        with pytest.raises(EmbedstreamError, match=r"(?i)speaks TLS.*https://"):
+            store.collections()
+    finally:
+        store.close()

@@ -1,9 +1,9 @@
 """The connectors on the command line: their options, and building a source from them.
 
-``embedstream index`` (one pass, embedded) and ``embedstream source sql|debezium`` (Kafka
-daemons) share these. Each builder makes the source, checks its name and binds the name
-to the source's identity (:class:`pipeline.sources.SourceBindings`), so one name never
-stands for two tables. Connector modules (SQLAlchemy, Kafka) are imported only when used.
+``embedstream index`` and ``watch`` (embedded) and ``embedstream source fs|sql|debezium``
+(Kafka daemons) share these. Each builder makes the source, checks its name and binds the
+name to the source's identity (:class:`pipeline.sources.SourceBindings`), so one name never
+stands for two folders or tables. The SQL connector (SQLAlchemy) is imported only when used.
 """
 
 from __future__ import annotations
@@ -16,16 +16,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from connectors.debezium import DebeziumSource, DebeziumTopics
+from connectors.filesystem import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FilesystemSource
+from connectors.jsonl import STDIN, JsonlSource
+from connectors.kit.rejects import KafkaRejects, LocalRejects
+from connectors.kit.rows import RowFormat, unescape
+from pipeline.bus import Bus
+from pipeline.bus.dead_letters import LocalDeadLetters
 from pipeline.config.settings import Settings
 from pipeline.core.errors import ConfigError
+from pipeline.core.names import Topics
 from pipeline.sources import SourceBindings
 
 if TYPE_CHECKING:
-    from connectors.debezium import DebeziumSource
-    from connectors.jsonl import JsonlSource
-    from connectors.kit.rows import RowFormat
     from connectors.sql import SqlSource
-    from pipeline.bus.kafka import KafkaBus
 
 _SQL = "SQL table (instead of PATH)"
 _ROWS = "Rows as documents (SQL, Debezium)"
@@ -39,6 +43,40 @@ ConnectorNameOpt = Annotated[
         metavar="NAME",
         help="Source name: document keys are NAME/id; one name stands for one folder, table or "
         "stream per index. Default: fs, the table's name, or jsonl.",
+    ),
+]
+SourceNameOpt = Annotated[
+    str,
+    typer.Option(
+        "--source",
+        metavar="NAME",
+        help="Source name: document keys are NAME/relative-path. One name stands for one folder per index.",
+    ),
+]
+IncludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="GLOB",
+        help="Index only matching files (repeatable; gitignore-style: '*.md' matches at any depth, "
+        "'docs/*.md' only under docs/). Default: the text types listed in the README.",
+    ),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar="GLOB", help="Skip matching files (repeatable; same rules as --include)."),
+]
+RebindOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rebind",
+        metavar="",
+        help="The source name's folder moved here (renamed): keep its documents under the new path.",
+    ),
+]
+FollowLinksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow-symlinks", metavar="", help="Also index files whose symlinks point outside the folder."
     ),
 ]
 SqlUrlOpt = Annotated[
@@ -166,14 +204,40 @@ class RowOptions:
     deleted_column: str | None = None
 
     def row_format(self, flag: str) -> RowFormat:
-        from connectors.kit.rows import RowFormat, unescape
-
         if not self.text:
             raise ConfigError(
                 f"--text is required with {flag}: the document text, e.g. '{{title}}\\n\\n{{body}}'"
             )
         columns = tuple(c.strip() for item in self.metadata or [] for c in item.split(",") if c.strip())
         return RowFormat(unescape(self.text), columns, self.deleted_column)
+
+
+@dataclass(frozen=True)
+class FsOptions:
+    """What the filesystem commands share: the folder and how to walk it."""
+
+    path: Path
+    name: str
+    include: list[str] | None
+    exclude: list[str] | None
+    follow_symlinks: bool
+    rebind: bool
+
+
+def fs_source(options: FsOptions, settings: Settings, home: Path) -> FilesystemSource:
+    """The folder as a source whose checkpoint and name binding live under ``home``."""
+    checked_name(options.name)
+    source = FilesystemSource(
+        options.path,
+        home / "checkpoints" / f"{options.name}.json",
+        name=options.name,
+        include=options.include or DEFAULT_INCLUDE,
+        exclude=[*DEFAULT_EXCLUDE, *(options.exclude or [])],
+        max_bytes=settings.limits.max_doc_bytes,
+        follow_symlinks=options.follow_symlinks,
+    )
+    SourceBindings.of(home).bind(source.name, source.identity, rebind=options.rebind)
+    return source
 
 
 @dataclass(frozen=True)
@@ -223,10 +287,6 @@ def sql_source(options: SqlOptions, settings: Settings, home: Path) -> SqlSource
 
 def jsonl_source(path: Path, name: str | None, settings: Settings, home: Path) -> JsonlSource:
     """A JSON lines file or stdin; bad lines go to the local dead-letter log."""
-    from connectors.jsonl import STDIN, JsonlSource
-    from connectors.kit.rejects import LocalRejects
-    from pipeline.bus.dead_letters import LocalDeadLetters
-
     name = checked_name(name or "jsonl")
     from_stdin = str(path) == STDIN
     if not from_stdin and not path.is_file():
@@ -251,21 +311,15 @@ class DebeziumOptions:
     name: str | None = None
 
 
-def debezium_source(
-    options: DebeziumOptions, settings: Settings, bus: KafkaBus, home: Path
-) -> DebeziumSource:
+def debezium_source(options: DebeziumOptions, settings: Settings, bus: Bus, home: Path) -> DebeziumSource:
     """Debezium topics on the pipeline's Kafka cluster; bad records go to ``<prefix>.dlq``."""
-    from connectors.debezium import DebeziumSource, DebeziumTopics
-    from connectors.kit.rejects import KafkaRejects
-    from pipeline.core.names import Topics
-
     if not options.topics:
         raise ConfigError("--topic is required: a Debezium change topic, e.g. dbserver1.public.articles")
     name = checked_name(options.name or _name_from(options.topics[0]))
-    prefix = settings.kafka.topic_prefix
-    group = options.group or f"{prefix}.debezium.{name}"
+    topics = Topics(settings.kafka.topic_prefix)
+    group = options.group or topics.source_group("debezium", name)
     config = DebeziumTopics(tuple(options.topics), group, options.rows.row_format("--topic"), options.key)
-    rejects = KafkaRejects(bus.producer(), Topics(prefix).dlq)
+    rejects = KafkaRejects(bus.producer(), topics.dlq)
     source = DebeziumSource(bus, config, name=name, rejects=rejects, max_bytes=settings.limits.max_doc_bytes)
     SourceBindings.of(home).bind(name, source.identity)
     return source

@@ -18,7 +18,7 @@ from tests.conftest import REPO
 
 SCRIPT = """
 import sys, threading, time
-from pipeline.cli import _stop_on_signals
+from pipeline.cli.signals import stop_on_signals as _stop_on_signals
 stop = threading.Event()
 with _stop_on_signals(stop, drain_timeout_s=float(sys.argv[1])):
     print("ready", flush=True)

@@ -1,0 +1,338 @@
+"""The embedded mode's commands: ``index`` (one pass), ``watch`` (follow a folder),
+``search``, ``status`` and ``config``. Everything runs in this process, on the state dir."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from prometheus_client import CollectorRegistry
+
+from pipeline.cli.app import app, load_settings, run
+from pipeline.cli.options import (
+    CommonOptions,
+    ConfigOpt,
+    IndexOpt,
+    JsonOpt,
+    MassDeleteOpt,
+    ModelOpt,
+    StateOpt,
+    parse_filters,
+)
+from pipeline.cli.render import (
+    err,
+    pass_reporter,
+    print_backfills,
+    print_indexed,
+    print_json,
+    print_results,
+    print_status,
+    print_watching,
+    progress_bar,
+)
+from pipeline.cli.signals import stop_on_signals
+from pipeline.cli.sources import (
+    ConnectorNameOpt,
+    CursorOpt,
+    DeletedColumnOpt,
+    ExcludeOpt,
+    FollowLinksOpt,
+    FsOptions,
+    IncludeOpt,
+    JsonlOpt,
+    KeyColumnOpt,
+    KeyDiffOpt,
+    LookbackOpt,
+    MetadataOpt,
+    QueryOpt,
+    RebindOpt,
+    RowOptions,
+    SourceNameOpt,
+    SqlOptions,
+    SqlUrlOpt,
+    TableOpt,
+    TextOpt,
+    fs_source,
+    jsonl_source,
+    sql_source,
+)
+from pipeline.config.settings import Settings
+from pipeline.observability.prometheus import PrometheusObserver
+from pipeline.sources import Source
+from pipeline.versions.search import (
+    SearchAnswer,
+    live_documents,
+    nothing_found,
+    search_documents,
+)
+from pipeline.versions.spec import live_version
+
+if TYPE_CHECKING:
+    from connectors.jsonl import InvalidLine
+    from pipeline.runtime.backfill import Backfilled
+    from pipeline.runtime.embedded import EmbeddedPipeline
+    from pipeline.runtime.local import IndexSummary
+
+
+@dataclass(frozen=True)
+class OnePass:
+    """What ``index`` reads: a folder, a table or a JSON lines file (exactly one is set)."""
+
+    fs: FsOptions | None
+    sql: SqlOptions | None
+    jsonl: Path | None
+    name: str | None
+    allow_mass_delete: bool
+    progress: bool
+
+    def source_at(self, settings: Settings, home: Path) -> Source:
+        """The source, its checkpoint under ``home`` (a version's backfill has its own)."""
+        if self.sql:
+            return sql_source(self.sql, settings, home)
+        if self.jsonl:
+            return jsonl_source(self.jsonl, self.name, settings, home)
+        assert self.fs is not None
+        return fs_source(self.fs, settings, home)
+
+
+@app.command()
+def index(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="Directory of documents (or --sql-url, --jsonl).", exists=True, file_okay=False),
+    ] = None,
+    source: ConnectorNameOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    rebind: RebindOpt = False,
+    allow_mass_delete: MassDeleteOpt = False,
+    follow_symlinks: FollowLinksOpt = False,
+    sql_url: SqlUrlOpt = None,
+    table: TableOpt = None,
+    query: QueryOpt = None,
+    key: KeyColumnOpt = "id",
+    version: CursorOpt = None,
+    lookback: LookbackOpt = 60.0,
+    key_diff_every: KeyDiffOpt = None,
+    text: TextOpt = None,
+    metadata: MetadataOpt = None,
+    deleted_column: DeletedColumnOpt = None,
+    jsonl: JsonlOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Index PATH, a table (--sql-url) or change events (--jsonl) once; unchanged text is never re-encoded."""
+    given = [name for name, value in (("PATH", path), ("--sql-url", sql_url), ("--jsonl", jsonl)) if value]
+    if len(given) != 1:
+        shown = " and ".join(given) or "none"
+        raise typer.BadParameter(f"give one of PATH, --sql-url and --jsonl, not {shown}")
+    rows = RowOptions(text, metadata, deleted_column)
+    every = key_diff_every or 0.0  # one pass: look for hard deletes every time
+    sql = (
+        SqlOptions(sql_url, table, query, key, version, rows, lookback, every, source, rebind)
+        if sql_url
+        else None
+    )
+    fs = FsOptions(path, source or "fs", include, exclude, follow_symlinks, rebind) if path else None
+    one = OnePass(fs, sql, jsonl, source, allow_mass_delete, progress=not as_json)
+    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, model=model)
+    summary, backfilled, invalid = run(lambda: _index_once(one, common))
+    print_backfills(backfilled)
+    if as_json:
+        extra = {"invalid_lines": [line.as_json() for line in invalid]} if jsonl else {}
+        print_json(summary.as_json() | extra)
+        return
+    print_indexed(str((sql_url and (table or "query")) or jsonl or path), summary, invalid)
+
+
+def _index_once(
+    one: OnePass, common: CommonOptions
+) -> tuple[IndexSummary, list[Backfilled], list[InvalidLine]]:
+    """One pass, then the same source replayed into any version a migration is building."""
+    from pipeline.runtime.backfill import backfill_source
+    from pipeline.runtime.embedded import EmbeddedPipeline
+    from pipeline.runtime.local import index_source
+
+    settings = load_settings(common)
+    with EmbeddedPipeline(settings) as pipeline, progress_bar(enabled=one.progress) as progress:
+        src = one.source_at(settings, settings.index_home)
+        try:
+            summary = index_source(pipeline, src, progress, allow_mass_delete=one.allow_mass_delete)
+            # A migration in progress: replay this source into the new version(s) too.
+            backfilled = backfill_source(pipeline, src.name, partial(one.source_at, settings), progress)
+            _ready_for_small_runs(pipeline)
+            return summary, backfilled, list(getattr(src, "invalid", []))  # the JSON lines source's
+        finally:
+            getattr(src, "close", lambda: None)()
+
+
+def _ready_for_small_runs(pipeline: EmbeddedPipeline) -> None:
+    """A run that loaded torch anyway (a first index) leaves the small-call backend built, so
+    the next small update or one-shot search starts in about a second instead of building it."""
+    encoder = pipeline.encoder
+    if getattr(encoder, "backend", None) == "torch":
+        prepare = getattr(encoder, "prepare_small_backend", None)
+        if prepare is not None:
+            prepare()
+
+
+@app.command()
+def watch(
+    path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
+    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between rescans.")] = 1.0,
+    source: SourceNameOpt = "fs",
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    rebind: RebindOpt = False,
+    allow_mass_delete: MassDeleteOpt = False,
+    follow_symlinks: FollowLinksOpt = False,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST:PORT", help="Address for /metrics, /search.", envvar="EMBEDSTREAM_HTTP__ADDR"
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Keep following PATH until Ctrl-C; answers `embedstream search` from other terminals."""
+    fs = FsOptions(path, source, include, exclude, follow_symlinks, rebind)
+    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, model=model, http=http)
+    run(lambda: _watch(fs, common, interval, allow_mass_delete=allow_mass_delete))
+
+
+def _watch(fs: FsOptions, common: CommonOptions, interval: float, *, allow_mass_delete: bool) -> None:
+    from pipeline.runtime.backfill import backfill_source
+    from pipeline.runtime.embedded import EmbeddedPipeline
+    from pipeline.runtime.local import watch_source
+    from pipeline.runtime.serving import serve_pipeline
+
+    settings = load_settings(common)
+    registry = CollectorRegistry()
+    observer = PrometheusObserver(registry, settings.index.name)
+    stop = threading.Event()
+    with (
+        EmbeddedPipeline(settings, observer=observer) as pipeline,
+        serve_pipeline(pipeline, registry, settings.http.addr) as url,
+        stop_on_signals(stop, settings.drain_timeout_s),
+    ):
+        src = fs_source(fs, settings, settings.index_home)
+        print_watching(fs.path, interval, url)
+        # A migration in progress: the folder is replayed into the new version(s) first.
+        print_backfills(backfill_source(pipeline, src.name, lambda home: fs_source(fs, settings, home)))
+        watch_source(pipeline, src, stop, interval, pass_reporter(), allow_mass_delete=allow_mass_delete)
+    err.print("stopped cleanly")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="What to look for, in plain words.")],
+    k: Annotated[
+        int,
+        typer.Option(
+            "-k",
+            "--limit",
+            metavar="N",
+            min=1,
+            envvar="EMBEDSTREAM_SEARCH_LIMIT",
+            help="How many documents (a document counts once, by its best chunk).",
+        ),
+    ] = 10,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            metavar="KEY=VALUE",
+            envvar="EMBEDSTREAM_SEARCH_FILTER",
+            help="Only documents whose metadata KEY equals VALUE, compared as text (a whole number "
+            "also matches that number); doc_id and source are matched directly. Repeatable: all must hold.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Ranked documents for QUERY: best chunk per document, with score and snippet."""
+    if not query.strip():
+        raise typer.BadParameter("is empty: say what to look for", param_hint="QUERY")
+    filters = parse_filters(filter_ or [])
+    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, model=model)
+    answer = run(lambda: _search(load_settings(common), query, k, filters))
+    if as_json:
+        print_json(answer.results)
+        return
+    print_results(answer)
+
+
+def _search(settings: Settings, query: str, k: int, filters: dict[str, str]) -> SearchAnswer:
+    """Answered by the running watcher when one owns the store, else by the store itself."""
+    from pipeline.runtime.adapters import make_encoder, open_store
+    from pipeline.runtime.models import VersionEncoders
+    from pipeline.runtime.serving import remote_search
+
+    encoder = make_encoder(settings)
+    remote = remote_search(settings, encoder.fingerprint, query, k, filters)
+    if remote is not None:
+        return remote
+    store = open_store(settings)
+    try:
+        version = live_version(store, settings.index.name)
+        if version is not None:  # the live version's own model: a promote or rollback applies at once
+            encoder = VersionEncoders(settings, encoder).for_version(version)
+        results = search_documents(store, version, encoder, query, k, filters)
+        documents = 0 if results else live_documents(store, version)
+    finally:
+        store.close()
+    empty = None if results else nothing_found(settings.index.name, documents, filters)
+    return SearchAnswer([r.as_json() for r in results], empty)
+
+
+@app.command()
+def status(
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+) -> None:
+    """Collections of the index, which one the alias serves, document and point counts."""
+    common = CommonOptions(config=config, state_dir=state_dir, index=index_name)
+    result = run(lambda: _status(load_settings(common)))
+    if as_json:
+        print_json(result)
+        return
+    print_status(result)
+
+
+def _status(settings: Settings) -> dict[str, Any]:
+    """Asked of the running watcher when one owns the store, else read from the store."""
+    from pipeline.runtime.adapters import open_store
+    from pipeline.runtime.embedded import index_status
+    from pipeline.runtime.serving import remote_status
+
+    remote = remote_status(settings)
+    if remote is not None:
+        return remote
+    store = open_store(settings)
+    try:
+        return index_status(store, settings.index.name)
+    finally:
+        store.close()
+
+
+# Registered last by pipeline/cli/__init__.py: `embedstream --help` lists it after the others.
+def show_config(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
+    """Print the effective configuration (flags > env > TOML > defaults), secrets masked."""
+    settings = run(lambda: load_settings(CommonOptions(config=config, state_dir=state_dir)))
+    sys.stdout.write(settings.masked_json() + "\n")

@@ -1,0 +1,159 @@
+"""The options most commands share, declared once, and how their values become settings.
+
+An option's value reaches the settings as a flag (:func:`flag`), so it gets the checks its
+environment variable gets. Every option names its environment variable in ``--help``
+(:func:`name_env_vars`): its own, else ``EMBEDSTREAM_<COMMAND>_<OPTION>``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.config.layers import Override
+from pipeline.config.settings import ENV_PREFIX
+from pipeline.versions.search import parse_filter
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", metavar="FILE", help="TOML settings file.", envvar="EMBEDSTREAM_CONFIG"),
+]
+StateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="DIR",
+        help="Where the embedded store, cache and checkpoints live.",
+        envvar="EMBEDSTREAM_STATE_DIR",
+    ),
+]
+IndexOpt = Annotated[
+    str | None,
+    typer.Option("--index", metavar="NAME", help="Index (alias) name.", envvar="EMBEDSTREAM_INDEX__NAME"),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="MODEL",
+        help="Model directory, or all-MiniLM-L6-v2 (bundled).",
+        envvar="EMBEDSTREAM_MODEL__NAME",
+    ),
+]
+# metavar="" shows a flag as a flag (typer would print <bool>).
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json", metavar="", help="Print one JSON document for scripts.", envvar="EMBEDSTREAM_JSON"
+    ),
+]
+HttpOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--http", help="host:port for /metrics, /healthz, /readyz.", envvar="EMBEDSTREAM_HTTP__ADDR"
+    ),
+]
+BootstrapOpt = Annotated[
+    str | None,
+    typer.Option("--bootstrap", help="Kafka bootstrap servers.", envvar="EMBEDSTREAM_KAFKA__BOOTSTRAP"),
+]
+
+MassDeleteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-mass-delete",
+        metavar="",
+        help="Allow a pass to delete more than half of the source's indexed documents.",
+    ),
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonOptions:
+    """What a command was told about its settings; None: not given on the command line, so
+    the environment, the TOML file or the defaults decide."""
+
+    config: Path | None = None
+    state_dir: Path | None = None
+    index: str | None = None
+    model: str | None = None
+    http: str | None = None
+    bootstrap: str | None = None
+
+    def flags(self) -> list[Override]:
+        return [
+            *shared_flags(self.state_dir, self.index, self.model),
+            *flag("http.addr", self.http, "--http"),
+            *flag("kafka.bootstrap", self.bootstrap, "--bootstrap"),
+        ]
+
+
+def shared_flags(state_dir: Path | None, index: str | None, model: str | None) -> list[Override]:
+    """The options every command has (before or after its name)."""
+    return [
+        *flag("state_dir", state_dir, "--state-dir"),
+        *flag("index.name", index, "--index"),
+        *flag("model.name", model, "--model"),
+    ]
+
+
+def flag(key: str, value: object, option: str) -> list[Override]:
+    """An option's value as a flag, unless unset or filled by typer from the setting's own
+    variable: the settings read that variable themselves and name it, not the flag, in errors."""
+    if value is None:
+        return []
+    envvar = ENV_PREFIX + key.upper().replace(".", "__")
+    from_env = os.environ.get(envvar)
+    if from_env is not None and value == (Path(from_env) if isinstance(value, Path) else from_env):
+        return []
+    return [Override(key, value, f"flag {option}")]
+
+
+def parse_filters(raw: list[str]) -> dict[str, str]:
+    """``--filter KEY=VALUE`` options, each key once (all must hold)."""
+    filters: dict[str, str] = {}
+    for item in raw:
+        try:
+            key, value = parse_filter(item)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--filter") from exc
+        if key in filters:
+            raise typer.BadParameter(f"{key} is given twice (all filters must hold)", param_hint="--filter")
+        filters[key] = value
+    return filters
+
+
+_NO_ENV = {"help", "version", "install_completion", "show_completion"}
+
+
+# Typer ships its own click (typer._click, private): its commands and options are typed Any
+# here and told apart by what they are, not their class.
+def name_env_vars(each: Any, path: list[str]) -> None:
+    """Give each option of ``each`` and its subcommands an environment variable shown in
+    ``--help``: its own, else ``EMBEDSTREAM_<COMMAND>_<OPTION>`` (click's auto_envvar
+    convention, e.g. ``EMBEDSTREAM_INDEX_INCLUDE``, ``EMBEDSTREAM_MIGRATE_START_DIMS``)."""
+    for param in each.params:
+        is_option = getattr(param, "param_type_name", "") == "option"
+        if is_option and param.name in ("install_completion", "show_completion"):
+            param.metavar = ""  # typer's own flags: shown as flags, not <bool>
+        if is_option and not param.envvar and param.name not in _NO_ENV:
+            param.envvar = "_".join(["EMBEDSTREAM", *path, param.name or ""]).upper().replace("-", "_")
+            param.show_envvar = True
+    each.get_help_option = _flag_shaped(each.get_help_option)
+    for name, sub in getattr(each, "commands", {}).items():
+        name_env_vars(sub, [*path, name])
+
+
+def _flag_shaped(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """click builds --help per invocation; show it as the flag it is, not <bool>."""
+
+    def help_option(ctx: Any) -> Any:
+        option = make(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    return help_option

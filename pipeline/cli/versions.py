@@ -1,0 +1,258 @@
+"""Index versions on the command line: ``migrate start|status|promote|rollback|gc``,
+``index-versions`` and ``eval``. A command works on the store, and with Kafka configured also
+on the control topic and consumer groups (:class:`pipeline.runtime.admin.Admin`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from pipeline.cli.app import app, load_settings, migrate_app, run
+from pipeline.cli.options import BootstrapOpt, CommonOptions, ConfigOpt, IndexOpt, JsonOpt, StateOpt
+from pipeline.cli.render import (
+    print_comparison,
+    print_created,
+    print_gc,
+    print_json,
+    print_states,
+    print_swap,
+    print_versions,
+)
+from pipeline.config.settings import Settings
+from pipeline.versions.decide import VersionState
+from pipeline.versions.evaluation import EvalReport
+from pipeline.versions.gate import QuerySet
+from pipeline.versions.spec import IndexVersion
+
+if TYPE_CHECKING:
+    from pipeline.runtime.admin import Admin
+
+T = TypeVar("T")
+
+IndexArg = Annotated[
+    str | None, typer.Argument(metavar="[INDEX]", help="Index (alias) name; default: --index / index.name.")
+]
+
+
+def _on_index(index_arg: str | None, common: CommonOptions, call: Callable[[Admin], T]) -> T:
+    """``call(admin)`` on the index the options name; errors become exit codes (see run).
+    INDEX and --index must agree when both are given."""
+
+    def action() -> T:
+        if index_arg and common.index and index_arg != common.index:
+            msg = f"INDEX {index_arg!r} and --index {common.index!r} disagree"
+            raise typer.BadParameter(msg, param_hint="INDEX")
+        settings = load_settings(replace(common, index=index_arg or common.index))
+        with _admin(settings) as admin:
+            return call(admin)
+
+    return run(action)
+
+
+@contextmanager
+def _admin(settings: Settings, *, kafka: bool | None = None) -> Iterator[Admin]:
+    """The index's versions in the store; with Kafka configured (--bootstrap,
+    EMBEDSTREAM_KAFKA__BOOTSTRAP or kafka.bootstrap) also its control topic and groups."""
+    from pipeline.runtime.admin import Admin
+
+    if kafka is None:
+        kafka = "bootstrap" in settings.kafka.model_fields_set
+    with Admin.open(settings, kafka=kafka) as admin:
+        yield admin
+
+
+@migrate_app.command("start")
+def migrate_start(
+    index_arg: IndexArg = None,
+    new_model: Annotated[
+        str | None,
+        typer.Option("--model", metavar="MODEL", help="The new version's model (default: the live one's)."),
+    ] = None,
+    dims: Annotated[
+        int | None, typer.Option(metavar="D", min=8, help="Matryoshka truncation (default: full or as live).")
+    ] = None,
+    datatype: Annotated[str | None, typer.Option(metavar="TYPE", help="float32, float16 or uint8.")] = None,
+    quantization: Annotated[
+        str | None, typer.Option(metavar="KIND", help="none, int8, binary or product.")
+    ] = None,
+    reencode: Annotated[
+        bool, typer.Option("--reencode", metavar="", help="Encode again even for the live version's model.")
+    ] = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Create version N+1 beside the live one; it backfills, then follows every change."""
+    from pipeline.runtime.admin import StorageChoice, next_steps, start
+
+    def begin(admin: Admin) -> tuple[IndexVersion, list[str]]:
+        spec = start(admin, StorageChoice(new_model, dims, datatype, quantization), reencode=reencode)
+        return spec, next_steps(admin, spec)
+
+    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
+    print_created(*_on_index(index_arg, common, begin))
+
+
+@migrate_app.command("status")
+def migrate_status(
+    index_arg: IndexArg = None,
+    evaluate: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="Score each version on index.eval_queries/eval_qrels.")
+    ] = True,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Every version: role, documents and points, lag, and evaluation scores."""
+    from pipeline.runtime.admin import states
+
+    def rows_of(admin: Admin) -> list[dict[str, Any]]:
+        return [_state_row(state) for state in states(admin, evaluate=evaluate)]
+
+    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
+    rows = _on_index(index_arg, common, rows_of)
+    if as_json:
+        print_json(rows)
+        return
+    print_states(rows)
+
+
+def _state_row(state: VersionState) -> dict[str, Any]:
+    from pipeline.runtime.admin import role
+
+    version = state.version
+    return {
+        "version": version.version,
+        "state": role(state.lifecycle, live=state.live, stored=True),
+        "model": version.model or version.fingerprint,
+        "dims": version.dims,
+        "datatype": version.datatype,
+        "quantization": version.quantization,
+        "documents": state.documents,
+        "points": state.points,
+        "lag": "?" if state.lag is None else state.lag,
+        "pending": list(state.pending),
+        "eval": asdict(state.evaluation) if state.evaluation else None,
+    }
+
+
+@migrate_app.command("promote")
+def migrate_promote(
+    index_arg: IndexArg = None,
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="Version to promote (default: newest not live).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", metavar="", help="Promote even if a gate refuses (logged).")
+    ] = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Move the alias to a version that caught up, holds every document and evaluates as well."""
+    from pipeline.runtime.admin import promote_version
+
+    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
+    swap = _on_index(index_arg, common, lambda admin: promote_version(admin, version, force=force))
+    print_swap(swap, "promoted")
+
+
+@migrate_app.command("rollback")
+def migrate_rollback(
+    index_arg: IndexArg = None,
+    to: Annotated[
+        int | None, typer.Option("--to", min=1, help="Version (default: the one live before).")
+    ] = None,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Move the alias back to the version the live one replaced: one atomic call."""
+    from pipeline.runtime.admin import rollback_version
+
+    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
+    swap = _on_index(index_arg, common, lambda admin: rollback_version(admin, to))
+    print_swap(swap, "rolled back to")
+
+
+@migrate_app.command("gc")
+def migrate_gc(
+    index_arg: IndexArg = None,
+    abandon: Annotated[
+        list[int] | None, typer.Option("--abandon", metavar="N", help="Also drop this never-live version.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="Only say what would go.")] = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Drop versions no alias points to, unaliased over index.gc_retention_hours ago."""
+    from pipeline.runtime.admin import gc
+
+    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
+    choice = _on_index(index_arg, common, lambda admin: gc(admin, abandon or [], dry_run=dry_run))
+    print_gc(choice, dry_run=dry_run)
+
+
+@app.command("index-versions")
+def index_versions(
+    index_arg: IndexArg = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+    index_name: IndexOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Every version of the index: role, model, dims, datatype, quantization, chunker."""
+    from pipeline.runtime.admin import list_versions
+
+    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
+    rows = _on_index(index_arg, common, list_versions)
+    if as_json:
+        print_json(rows)
+        return
+    print_versions(rows)
+
+
+@app.command("eval")
+def eval_index(
+    queries: Annotated[Path, typer.Option(metavar="Q.jsonl", help="BEIR queries (one {_id, text} a line).")],
+    qrels: Annotated[Path, typer.Option(metavar="QRELS.tsv", help="BEIR qrels: query-id, corpus-id, score.")],
+    target: Annotated[
+        str | None, typer.Option("--index", metavar="NAME[@vN]", help="Index, and version (default: live).")
+    ] = None,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(metavar="vA vB", help="Two versions side by side (the first is the baseline)."),
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateOpt = None,
+) -> None:
+    """nDCG@10, MRR@10, Recall@10/@100, latency p50/p99 and bytes per vector of a version."""
+
+    def action() -> list[EvalReport]:
+        from pipeline.runtime.admin import evaluate_versions, parse_target
+
+        name, number = parse_target(target) if target else (None, None)
+        numbers = [parse_target(v)[1] for v in compare] if compare else [number]
+        settings = load_settings(CommonOptions(config=config, state_dir=state_dir, index=name))
+        with _admin(settings, kafka=False) as admin:
+            return evaluate_versions(admin, numbers, QuerySet.load(queries, qrels))
+
+    reports = run(action)
+    if as_json:
+        print_json([asdict(r) for r in reports])
+        return
+    print_comparison(reports)

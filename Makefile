@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-unit lint bench bench-gpu kafka-jars kafka clean
+.PHONY: install run test test-unit verify-matrix lint bench bench-gpu kafka-jars kafka clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ kafka-jars:
 
 test: install kafka-jars lint
 	$(PY) -m pytest -q
+
+# Every crash point x every next change x every source (also part of make test).
+verify-matrix: install
+	$(PY) -m pytest -q tests/integration/test_crash_matrix.py
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit

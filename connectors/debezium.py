@@ -193,6 +193,10 @@ class DebeziumSource:
                 yield self._change(record, report)
         yield Change(None, "", _END_OF_PASS)
 
+    def reserve(self, changes: Sequence[Change]) -> None:
+        """Nothing to note: versions are the database's own log positions, the same on
+        every re-read, and the broker's committed offsets are the checkpoint."""
+
     def commit(self, changes: Sequence[Change]) -> None:
         records = [c.state for c in changes if isinstance(c.state, Record)]
         if records and self._consumer is not None:

@@ -153,6 +153,9 @@ class JsonlSource:
                 report.unchanged += 1
             yield change
 
+    def reserve(self, changes: Sequence[Change]) -> None:
+        self._docs.reserve(changes)
+
     def commit(self, changes: Sequence[Change]) -> None:
         self._docs.commit(changes)
 

@@ -274,6 +274,9 @@ class SqlSource:
         if self._key_diff_due():
             yield from self._key_diff(report)
 
+    def reserve(self, changes: Sequence[Change]) -> None:
+        self._docs.reserve(changes)
+
     def commit(self, changes: Sequence[Change]) -> None:
         self._docs.commit(changes)
         crash_point("source.sql.after_checkpoint")
@@ -347,11 +350,10 @@ class SqlSource:
             if not self.config.rows.is_deleted(row):
                 present[str(row[self.config.key])] = row[self.config.key]
         live = self._docs.live_ids()  # one query, not one per row of the table
+        unsettled = self._states.unsettled()  # published, never recorded: read them again
         for doc_id in sorted(live - present.keys()):
-            last = self._docs.last(doc_id)
-            assert last is not None
-            yield self._docs.delete(doc_id, last.version + 1)
-        missing = [raw for doc_id, raw in present.items() if doc_id not in live]
+            yield self._docs.delete(doc_id, 0)  # numbered above every version it may have
+        missing = [raw for doc_id, raw in present.items() if doc_id not in live or doc_id in unsettled]
         page = self.config.page_size
         for start in range(0, len(missing), page):
             for row in self._rows(self.relation.rows_with_keys(missing[start : start + page])):

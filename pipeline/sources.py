@@ -7,9 +7,12 @@ document, deletions included (:func:`next_version`), so a file moved back or res
 an older copy still outranks the tombstone it left.
 
 One pass (:meth:`Source.changes`) yields what changed since the checkpoint. The runner
-(:func:`pipeline.runtime.run_source_pass`) publishes the events and hands the durable ones
-back to :meth:`Source.commit`; only then does the checkpoint move. A crash in between
-re-emits (the sink is idempotent), it never loses.
+(:func:`pipeline.runtime.passes.run_source_pass`) first reserves the versions it is about to
+publish (:meth:`Source.reserve`, durably), then publishes the events and hands the durable
+ones back to :meth:`Source.commit`; only then does the checkpoint move. A crash in between
+re-emits (the sink is idempotent), it never loses; and because the reservation outlived the
+crash, whatever comes next for that document (a delete, an emptied file, an older copy
+restored) is numbered above every version that may have reached the index.
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ class Source(Protocol):
 
     def changes(self, report: PassReport) -> Iterator[Change]:
         """One pass: what changed since the checkpoint, in an order safe to publish."""
+
+    def reserve(self, changes: Sequence[Change]) -> None:
+        """Durably note, before they are published, that these changes' versions may reach
+        the index: until they are committed, each document's next version is numbered above
+        them, and a reserved document that is gone gets a deletion (it may have points)."""
 
     def commit(self, changes: Sequence[Change]) -> None:
         """Record durably indexed changes in the checkpoint (and persist it)."""

@@ -45,15 +45,17 @@ class ListSource:
     def identity(self) -> str:
         return f"list:{self._name}"
 
-    def put(self, doc_id: str, text: str) -> None:
+    def put(self, doc_id: str, text: str, clock: int | None = None) -> None:
+        """``clock``: the document's own clock (an mtime, an updated_at), which may go back
+        (a restored copy); by default the source's, one tick per change."""
         self._clock += 1
         self._docs[doc_id] = text
-        self._touched[doc_id] = self._clock
+        self._touched[doc_id] = self._clock if clock is None else clock
 
     def remove(self, doc_id: str) -> None:
-        self._clock += 1
+        """A deletion has no clock of its own: it is numbered above the document's last version."""
         self._docs.pop(doc_id, None)
-        self._touched[doc_id] = self._clock
+        self._touched[doc_id] = 0
 
     def changes(self, report: PassReport) -> Iterator[Change]:
         for doc_id in sorted(self._touched.keys() | self._committed.keys() | self._reserved.keys()):
@@ -65,6 +67,12 @@ class ListSource:
                 continue
             version = next_version(self._touched.get(doc_id, 0), self._floor(doc_id))
             yield Change(self._event(doc_id, text, version), doc_id, (text, version))
+
+    def reserve(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if change.event is not None:
+                held = self._reserved.get(change.doc_id, change.event.version)
+                self._reserved[change.doc_id] = max(held, change.event.version)
 
     def commit(self, changes: Sequence[Change]) -> None:
         for change in changes:
@@ -89,7 +97,7 @@ class ListSource:
         return max(known) if known else None
 
     def _deletion(self, doc_id: str, indexed_version: int) -> Change:
-        version = next_version(self._clock, max(indexed_version, self._floor(doc_id) or 0))
+        version = next_version(0, max(indexed_version, self._floor(doc_id) or 0))
         return Change(self._event(doc_id, None, version), doc_id, (None, version))
 
     def _event(self, doc_id: str, text: str | None, version: int) -> ChangeEvent:

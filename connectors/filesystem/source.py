@@ -9,7 +9,9 @@ checkpoint but are gone (or now excluded, or no longer indexable) become deletes
 Versions are owned here: a document's version is its mtime, but never at or below the last
 version this source emitted for it, deletions included (tombstones stay in the checkpoint).
 So renaming a file away and back, or restoring an older copy (``cp -p``, ``rsync -a``,
-``tar x``), outranks the deletion it follows.
+``tar x``), outranks the deletion it follows. "Emitted" includes versions reserved before
+publishing and never committed (a crash in between): those files are read again, their next
+version is above the reservation, and a reserved file that is gone gets a deletion.
 
 The pass never writes the checkpoint itself. It yields :class:`Change` s carrying the state
 to record, and the runner commits them only after the event is durably indexed: a crash in
@@ -96,6 +98,10 @@ class FilesystemSource:
         yield from self._deletions(seen, blind)
         self._seen = None if blind else seen
 
+    def reserve(self, changes: Sequence[Change]) -> None:
+        self._checkpoint.reserve(changes)
+        self._checkpoint.save(self._checkpoint_path)
+
     def commit(self, changes: Sequence[Change]) -> None:
         if not changes:
             return
@@ -109,7 +115,7 @@ class FilesystemSource:
         if self._seen is None:
             return []
         return [
-            self._deletion(doc_id, version + 1)
+            self._deletion(doc_id, version + 1)  # above the indexed version and the checkpoint
             for doc_id, version in sorted(indexed.items())
             if doc_id not in self._seen
         ]
@@ -129,14 +135,12 @@ class FilesystemSource:
     def _deletions(self, seen: set[str], blind: list[str]) -> Iterator[Change]:
         """Known files not seen this pass; those under an unlistable folder are not known
         to be gone, so they are kept rather than deleted on a transient error."""
-        for relpath in sorted(self._checkpoint.live() - seen):
-            last = self._checkpoint.get(relpath)
-            if last is not None and not is_under(relpath, blind):
-                yield self._deletion(relpath, last.version + 1)
+        for relpath in sorted((self._checkpoint.live() | self._checkpoint.unsettled()) - seen):
+            if not is_under(relpath, blind):
+                yield self._deletion(relpath)
 
-    def _deletion(self, relpath: str, natural: int) -> Change:
-        last = self._checkpoint.get(relpath)
-        version = next_version(natural, last.version if last is not None else None)
+    def _deletion(self, relpath: str, natural: int = 0) -> Change:
+        version = next_version(natural, self._checkpoint.floor(relpath))
         event = ChangeEvent(
             source=self._name, doc_id=relpath, op="delete", version=version, metadata={"path": relpath}
         )
@@ -153,6 +157,7 @@ class FilesystemSource:
                 and not last.deleted
                 and not last.racy
                 and (last.mtime_ns, last.size) == (stat.st_mtime_ns, stat.st_size)
+                and relpath not in self._checkpoint.unsettled()
             ):
                 report.unchanged += 1
                 return True, None
@@ -170,9 +175,9 @@ class FilesystemSource:
         """A file that can no longer be indexed (binary, undecodable, too large, empty) loses
         its points; its tombstone is recorded without a stat, so every pass reads it again
         and it returns as soon as it can be indexed (say, after a limit is raised)."""
-        if last is None or last.deleted:
+        if (last is None or last.deleted) and relpath not in self._checkpoint.unsettled():
             return True, None
-        return True, self._deletion(relpath, last.version + 1)
+        return True, self._deletion(relpath)
 
     def _read_change(
         self, relpath: str, stat: os.stat_result, last: FileState | None, report: PassReport
@@ -185,12 +190,12 @@ class FilesystemSource:
         digest = content_hash(text)
         racy = stat.st_mtime_ns >= read_at - RACY_NS
         live = last if last is not None and not last.deleted else None
-        if live is not None and live.content_hash == digest:
+        if live is not None and live.content_hash == digest and relpath not in self._checkpoint.unsettled():
             report.unchanged += 1
             return Change(
                 None, relpath, replace(live, mtime_ns=stat.st_mtime_ns, size=stat.st_size, racy=racy)
             )
-        version = next_version(stat.st_mtime_ns, last.version if last is not None else None)
+        version = next_version(stat.st_mtime_ns, self._checkpoint.floor(relpath))
         state = FileState(stat.st_mtime_ns, stat.st_size, digest, version, racy=racy)
         title = title or PurePosixPath(relpath).stem
         return Change(self._upsert_event(relpath, text, state, title, ext), relpath, state)

@@ -38,7 +38,14 @@ CREATE TABLE IF NOT EXISTS docs (
     deleted INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS positions (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reserved (doc_id TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
 """
+# Versions handed to the runner before publishing; cleared once a state at or above commits.
+_RESERVE = """
+INSERT INTO reserved (doc_id, version) VALUES (?, ?)
+ON CONFLICT (doc_id) DO UPDATE SET version = max(version, excluded.version)
+"""
+_SETTLE = "DELETE FROM reserved WHERE doc_id = ? AND version <= ?"
 # A state never replaces a newer one: two passes (or a late commit) cannot regress a document.
 _PUT_STATE = """
 INSERT INTO docs (doc_id, version, content_hash, meta_hash, deleted) VALUES (?, ?, ?, ?, ?)
@@ -100,6 +107,20 @@ class KeyStates:
     def live_ids(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT doc_id FROM docs WHERE deleted = 0")}
 
+    def reserved(self, doc_id: str) -> int | None:
+        row = self._db.execute("SELECT version FROM reserved WHERE doc_id = ?", (doc_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def unsettled(self) -> set[str]:
+        """Documents published at a version never committed (a crash in between)."""
+        return {row[0] for row in self._db.execute("SELECT doc_id FROM reserved")}
+
+    def reserve(self, versions: Mapping[str, int]) -> None:
+        """One transaction, durable before the events are published."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(_RESERVE, list(versions.items()))
+
     def position(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM positions WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
@@ -110,6 +131,7 @@ class KeyStates:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(_PUT_STATE, rows)
+            self._db.executemany(_SETTLE, [(k, s.version) for k, s in states.items()])
             self._db.executemany(_PUT_POSITION, list(positions.items()))
 
     def close(self) -> None:
@@ -132,9 +154,21 @@ class Documents:
     def last(self, doc_id: str) -> KeyState | None:
         return self._emitted.get(doc_id) or self.states.get(doc_id)
 
+    def floor(self, doc_id: str, last: KeyState | None) -> int | None:
+        """The highest version of ``doc_id`` that may have reached the index: the last
+        emitted or committed, or one reserved and published before a crash."""
+        known = [v for v in (last.version if last else None, self.states.reserved(doc_id)) if v is not None]
+        return max(known) if known else None
+
+    def unsettled(self, doc_id: str, last: KeyState | None) -> bool:
+        """Published above what is recorded: the index may hold another text or a ghost."""
+        reserved = self.states.reserved(doc_id)
+        return reserved is not None and (last is None or reserved > last.version)
+
     def live_ids(self) -> set[str]:
-        """Documents live in the checkpoint or emitted live by this pass."""
-        live = self.states.live_ids()
+        """Documents live in the checkpoint or emitted live by this pass, and those published
+        but never recorded (a crash in between: they may have points)."""
+        live = self.states.live_ids() | self.states.unsettled()
         for doc_id, state in self._emitted.items():
             (live.discard if state.deleted else live.add)(doc_id)
         return live
@@ -155,9 +189,10 @@ class Documents:
         """An upsert, or (same text and metadata as last emitted) only the positions."""
         last = self.last(doc_id)
         digest, meta = content_hash(text), metadata_hash(metadata)
-        if last is not None and not last.deleted and (last.content_hash, last.meta_hash) == (digest, meta):
+        same = last is not None and not last.deleted and (last.content_hash, last.meta_hash) == (digest, meta)
+        if same and not self.unsettled(doc_id, last):
             return Change(None, doc_id, Checkpointed(None, positions or {}))
-        state = KeyState(next_version(natural, last.version if last else None), digest, meta)
+        state = KeyState(next_version(natural, self.floor(doc_id, last)), digest, meta)
         event = ChangeEvent(
             source=self.source, doc_id=doc_id, op="upsert", text=text, metadata=metadata,
             version=state.version, content_hash=digest,
@@ -170,11 +205,20 @@ class Documents:
         """A deletion, unless this source never emitted the document or already deleted it;
         ``force``: in any case (the index holds it: a lost checkpoint, a dead-lettered delete)."""
         last = self.last(doc_id)
-        if not force and (last is None or last.deleted):
+        if not force and (last is None or last.deleted) and not self.unsettled(doc_id, last):
             return Change(None, doc_id, Checkpointed(None, positions or {}))
-        state = KeyState.tombstone(next_version(natural, last.version if last else None))
+        state = KeyState.tombstone(next_version(natural, self.floor(doc_id, last)))
         event = ChangeEvent(source=self.source, doc_id=doc_id, op="delete", version=state.version)
         return self._emitting(Change(event, doc_id, Checkpointed(state, positions or {})))
+
+    def reserve(self, changes: Iterable[Change]) -> None:
+        """Note the versions about to be published, durably, before they are."""
+        versions: dict[str, int] = {}
+        for change in changes:
+            if change.event is not None:
+                versions[change.doc_id] = max(change.event.version, versions.get(change.doc_id, 0))
+        if versions:
+            self.states.reserve(versions)
 
     def commit(self, changes: Iterable[Change]) -> None:
         """Record delivered changes: states and positions, in one transaction."""

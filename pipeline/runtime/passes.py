@@ -78,6 +78,9 @@ def _is_deletion(change: Change, deletions: list[Change]) -> bool:
 
 def _deliver(source: Source, deliver: Deliver, part: Sequence[Change]) -> int:
     events = [c.event for c in part if c.event is not None]
+    if events:
+        source.reserve([c for c in part if c.event is not None])
+        crash_point("source.after_reserve")
     failed = deliver(events) if events else set()
     crash_point("source.after_publish")
     source.commit([c for c in part if c.event is None or c.event.key not in failed])

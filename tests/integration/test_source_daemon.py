@@ -36,6 +36,9 @@ class FlakySource:
             event = ChangeEvent(source="flaky", doc_id="a", op="upsert", text="Back again.", version=1)
             yield Change(event, "a", None)
 
+    def reserve(self, changes: Sequence[Change]) -> None:
+        pass
+
     def commit(self, changes: Sequence[Change]) -> None:
         self.committed.extend(changes)
 

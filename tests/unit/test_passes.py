@@ -75,3 +75,24 @@ def test_the_mass_delete_guard_refuses_before_anything_is_deleted():
     allowed = Collector()
     run_source_pass(source, allowed, slice_size=10, indexed=lambda: indexed, allow_mass_delete=True)
     assert sorted(e.doc_id for e in allowed.events if e.op == "delete") == [f"d{i}" for i in range(5)]
+
+
+def test_versions_published_before_a_crash_stay_below_the_next_change():
+    """A crash after publishing and before the checkpoint: the next event for that document
+    (here a delete) is numbered above the version that may have reached the index."""
+    source = ListSource("notes", {"a": "one"})
+    run_source_pass(source, Collector(), slice_size=10)
+    source.put("a", "two", clock=50)
+    published = Collector()
+
+    def crash_after_publishing(events):
+        published(events)
+        raise RuntimeError("killed before the checkpoint")
+
+    with pytest.raises(RuntimeError):
+        run_source_pass(source, crash_after_publishing, slice_size=10)
+    source.remove("a")
+    after = Collector()
+    run_source_pass(source, after, slice_size=10)
+    assert [e.op for e in after.events] == ["delete"]
+    assert after.events[0].version > published.events[0].version

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.events import ChangeEvent
@@ -83,6 +83,16 @@ class Source(Protocol):
 
     def estimate(self) -> int | None:
         """How many documents a pass will consider, for a progress bar (None: unknown)."""
+
+
+@runtime_checkable
+class Listable(Protocol):
+    """A source that can list what it holds now, read in full (not from its checkpoint):
+    what ``embedstream verify`` compares the index with. Change streams (JSON lines,
+    Debezium) cannot: they hold changes, not states."""
+
+    def documents(self, report: PassReport) -> Iterator[tuple[str, str]]:
+        """(doc_id, text) of every document an index of this source must hold now."""
 
 
 def next_version(natural: int, last: int | None) -> int:

@@ -120,6 +120,25 @@ class FilesystemSource:
             if doc_id not in self._seen
         ]
 
+    def documents(self, report: PassReport) -> Iterator[tuple[str, str]]:
+        """Every indexable file's text, read now (the checkpoint is not consulted)."""
+        for relpath in self._list_files(report)[0]:
+            path = self.root / relpath
+            try:
+                text, _ = read_text(
+                    path, path.stat().st_size, self.max_bytes, PurePosixPath(relpath).suffix.lower()
+                )
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                report.skip("unreadable", relpath, str(exc))
+                continue
+            except SkipFileError as skip:
+                report.skip(skip.reason, relpath)
+                continue
+            if text:
+                yield relpath, text
+
     def estimate(self) -> int | None:
         """How many files a pass will consider: the total behind a progress bar's ETA."""
         if not self.root.is_dir():

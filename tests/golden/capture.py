@@ -87,6 +87,7 @@ def json_shapes(model: Path) -> dict[str, Any]:
                 "--state-dir", state, "--json",
             ],
             "dlq list": ["dlq", "list", "--state-dir", state, "--json"],
+            "verify": ["verify", str(docs), "--state-dir", state, "--json"],
         }
         for name, args in calls.items():
             result = runner.invoke(app, args, env=env)

@@ -1,4 +1,4 @@
-"""Qdrant server fixtures (a pytest plugin): a real Qdrant 1.19 server per session.
+"""Qdrant server fixtures (a pytest plugin): a real Qdrant 1.19 server per session, clusters.
 
 The server is the ``qdrant`` binary shipped xz-compressed in ``../shared/qdrant/`` (see
 its README), unpacked once into ``.cache/qdrant/qdrant`` (by ``xz``, else Python's
@@ -10,7 +10,8 @@ Where the server comes from, in this order: ``EMBEDSTREAM_TEST_QDRANT_URL`` (wit
 ``EMBEDSTREAM_TEST_QDRANT_API_KEY`` if it wants a key) names a server of your own; else
 the shared binary is started; else the tests that need a server skip, saying so. The TLS
 server (:func:`qdrant_tls_server`) is always ours: its certificate comes from a CA made
-for the test module, which no external server has.
+for the test module, which no external server has; so is a cluster (:class:`QdrantCluster`,
+:func:`qdrant_cluster`), whose peers a test kills and restarts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import http.client
+import json
 import lzma
 import os
 import platform
@@ -192,13 +194,13 @@ class QdrantServer:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, attempts + 1):
-            self.http_port, self.grpc_port = _free_ports(2)
+            self._pick_ports()
             offset = self.log_size()
             self._log = self.log_file.open("ab")
             self._log.write(f"\n=== qdrant_fixtures: starting {self.url} ===\n".encode())
             self._log.flush()
             self._proc = subprocess.Popen(
-                [*_DIE_WITH_PARENT, str(self.binary)],
+                [*_DIE_WITH_PARENT, str(self.binary), *self._arguments()],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
@@ -217,6 +219,14 @@ class QdrantServer:
                 raise
             else:
                 return
+
+    def _pick_ports(self) -> None:
+        """Free ports for the next start (a restart of a single server may move)."""
+        self.http_port, self.grpc_port = _free_ports(2)
+
+    def _arguments(self) -> list[str]:
+        """Command-line arguments after the binary."""
+        return []
 
     def _wait_ready(self, timeout_s: float) -> None:
         offset = self.log_size()
@@ -287,6 +297,13 @@ class QdrantServer:
                 proc.wait()
         self._reap()
 
+    def terminate(self) -> None:
+        """SIGTERM without waiting (:meth:`stop` waits): stops several servers at once."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+
     def kill(self) -> None:
         """SIGKILL at once."""
         proc = self._proc
@@ -333,10 +350,12 @@ class QdrantEndpoint:
         return ServerStore(self.url, self.api_key, **options)
 
 
-def _no_server_reason(archive: Path, *, tls: bool) -> str | None:
+def _no_server_reason(archive: Path, *, tls: bool, cluster: bool = False) -> str | None:
     """Why the shared binary cannot serve on this machine, or None when it can."""
     if tls:  # an external server has no certificate from our CA
         instead = "the TLS tests need a server of their own, started from it"
+    elif cluster:  # an external server cannot be killed and restarted by the test
+        instead = "the cluster tests need peers of their own, started from it"
     else:
         instead = (
             f"{URL_ENV} is not set either (run qdrant/qdrant:v{QDRANT_VERSION} and set it, "
@@ -414,3 +433,216 @@ def qdrant_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Qdra
         )
     finally:
         server.stop()
+
+
+class QdrantPeer(QdrantServer):
+    """One peer of a :class:`QdrantCluster`: a server in distributed mode, with a P2P port.
+
+    Its ports are picked at its first start and kept: a restarted peer comes back at the
+    same P2P address (what the cluster's consensus knows it by) and on the same storage.
+    """
+
+    def __init__(self, binary: Path, root: Path, *, bootstrap: QdrantPeer | None = None) -> None:
+        super().__init__(binary, root)
+        self.bootstrap = bootstrap
+        self.p2p_port = 0
+        self._joined = False
+
+    @property
+    def p2p_url(self) -> str:
+        return f"http://127.0.0.1:{self.p2p_port}"
+
+    def start(self, timeout_s: float = 60, attempts: int = 3) -> None:
+        super().start(timeout_s, attempts)
+        self._joined = True
+
+    def _pick_ports(self) -> None:
+        if self._joined:
+            return  # a restart: the same address, or the cluster no longer knows this peer
+        # A first start that lost a port to another process starts over, as a new peer.
+        shutil.rmtree(self.root / "storage", ignore_errors=True)
+        self.http_port, self.grpc_port, self.p2p_port = _free_ports(3)
+
+    def _environment(self) -> dict[str, str]:
+        return super()._environment() | {
+            "QDRANT__CLUSTER__ENABLED": "true",
+            "QDRANT__CLUSTER__P2P__PORT": str(self.p2p_port),
+        }
+
+    def _arguments(self) -> list[str]:
+        joining = [] if self.bootstrap is None else ["--bootstrap", self.bootstrap.p2p_url]
+        return [*joining, "--uri", self.p2p_url]
+
+    def get(self, path: str) -> Any:
+        """The ``result`` of ``GET path`` on this peer's REST port; None when it does not answer."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=5)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read()
+            if response.status != 200:
+                return None
+            return json.loads(body)["result"]
+        except (OSError, http.client.HTTPException, ValueError, KeyError):
+            return None
+        finally:
+            connection.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"QdrantPeer({self.url}, p2p {self.p2p_url}, pid={self.pid}, {state}, root={self.root})"
+
+
+class QdrantCluster:
+    """``size`` Qdrant peers on 127.0.0.1 forming one cluster (distributed mode).
+
+    Peer 0 starts the cluster; the others join it through its P2P port. Each peer has its
+    own storage, HTTP, gRPC and P2P ports under ``root/peer-<i>``; any peer can be stopped,
+    killed (SIGKILL) and restarted on the same ports and storage. :meth:`stop` stops them
+    all by their process ids. Every peer answers the whole API: :attr:`url` is peer 0's.
+    """
+
+    def __init__(self, binary: Path, root: Path, size: int = 3) -> None:
+        if size < 1:
+            raise ValueError(f"a cluster needs at least one peer, not {size}")
+        first = QdrantPeer(binary, root / "peer-0")
+        self.peers = [
+            first,
+            *(QdrantPeer(binary, root / f"peer-{i}", bootstrap=first) for i in range(1, size)),
+        ]
+
+    @property
+    def url(self) -> str:
+        return self.peers[0].url
+
+    def start(self, timeout_s: float = 60) -> None:
+        """Start every peer, one after the other, and wait until the cluster is formed."""
+        try:
+            for peer in self.peers:
+                peer.start(timeout_s)
+            self.wait_formed(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def kill(self, index: int) -> None:
+        """SIGKILL peer ``index``: no shutdown, whatever it had not written is lost."""
+        self.peers[index].kill()
+
+    def stop_peer(self, index: int) -> None:
+        """SIGTERM peer ``index`` (a graceful shutdown)."""
+        self.peers[index].stop()
+
+    def restart(self, index: int, timeout_s: float = 60) -> None:
+        """Peer ``index`` again, on its ports and storage; returns once the cluster is formed."""
+        self.peers[index].stop()
+        self.peers[index].start(timeout_s)
+        self.wait_formed(timeout_s)
+
+    def stop(self, timeout_s: float = 15) -> None:
+        """SIGTERM to every peer at once, then SIGKILL to any still running after ``timeout_s``."""
+        for peer in self.peers:
+            peer.terminate()
+        deadline = time.monotonic() + timeout_s
+        for peer in self.peers:
+            peer.stop(timeout_s=max(0.0, deadline - time.monotonic()))
+
+    def peer_id(self, index: int) -> int:
+        """The cluster's id of peer ``index`` (it must be running)."""
+        info = self.peers[index].get("/cluster")
+        if info is None:
+            raise RuntimeError(f"{self.peers[index]} does not answer GET /cluster")
+        return int(info["peer_id"])
+
+    def wait_formed(self, timeout_s: float = 60) -> None:
+        """Until every running peer knows all ``size`` peers and the same Raft leader."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            views = {str(p): p.get("/cluster") for p in self.peers if p.is_running()}
+            leaders = {_leader(view) for view in views.values()}
+            if (
+                views
+                and None not in leaders
+                and len(leaders) == 1
+                and all(view is not None and len(view["peers"]) == len(self.peers) for view in views.values())
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(self._failure(f"did not form within {timeout_s:.0f} s: {views}"))
+            time.sleep(0.1)
+
+    def replicas(self, collection: str, index: int = 0) -> dict[int, dict[int, str]]:
+        """shard id -> peer id -> replica state (``Active``, ``Dead``, ``Partial``...) of
+        ``collection``, as peer ``index`` sees it; empty when it does not answer."""
+        info = self.peers[index].get(f"/collections/{collection}/cluster")
+        if info is None:
+            return {}
+        found: dict[int, dict[int, str]] = {}
+        for shard in info["local_shards"]:
+            found.setdefault(int(shard["shard_id"]), {})[int(info["peer_id"])] = str(shard["state"])
+        for shard in info["remote_shards"]:
+            found.setdefault(int(shard["shard_id"]), {})[int(shard["peer_id"])] = str(shard["state"])
+        return found
+
+    def wait_replicas_active(self, collection: str, timeout_s: float = 60) -> None:
+        """Until every running peer sees every replica of ``collection`` Active (the
+        replicas of a restarted peer have caught up by shard transfer)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            views = {i: self.replicas(collection, i) for i, p in enumerate(self.peers) if p.is_running()}
+            if all(
+                view and all(state == "Active" for states in view.values() for state in states.values())
+                for view in views.values()
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    self._failure(f"{collection}: replicas not Active within {timeout_s:.0f} s: {views}")
+                )
+            time.sleep(0.1)
+
+    def _failure(self, what: str) -> str:
+        tails = "".join(f"\n--- {p.log_file}:\n{p.log_tail(15)}" for p in self.peers)
+        return f"Qdrant cluster {what}{tails}"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"QdrantCluster({self.peers})"
+
+
+def _leader(view: Any) -> int | None:
+    if view is None or view.get("status") != "enabled":
+        return None
+    leader = view["raft_info"].get("leader")
+    return int(leader) if leader is not None else None
+
+
+def started_cluster(root: Path, size: int = 3) -> QdrantCluster:
+    """A formed cluster of ``size`` peers from the shared binary; skips the test when there is none."""
+    reason = _no_server_reason(SHARED_ARCHIVE, tls=False, cluster=True)
+    if reason:
+        pytest.skip(reason)
+    cluster = QdrantCluster(unpack_qdrant(), root, size)
+    cluster.start()
+    return cluster
+
+
+@pytest.fixture
+def qdrant_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QdrantCluster]:
+    """A three-peer Qdrant cluster of the test's own, on loopback, without an API key.
+
+    The test may kill, stop and restart its peers; all are stopped by process id after it.
+    """
+    cluster = started_cluster(tmp_path_factory.mktemp("qdrant-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -108,12 +108,41 @@ class StoreSettings(BaseModel):
         ge=64 * 1024,
         description="Upserts and deletes are split into requests of at most this many JSON bytes",
     )
+    # A Qdrant cluster's layout of each collection an index version creates (the points and
+    # the __docs state alike); fixed when the collection is created. Unset: the server's
+    # default (from its config, else 1). The embedded engine has one shard and ignores them.
+    shard_number: int | None = Field(
+        None,
+        ge=1,
+        description="Shards per collection, spread over the cluster's peers (unset: the server's default)",
+    )
+    replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Copies of each shard on distinct peers; 2 survives losing a peer (unset: the server's)",
+    )
+    write_consistency_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Replicas that must apply a write before it is acknowledged, at most replication_factor; "
+        "1 keeps writing while a peer is down (unset: the server's default, 1)",
+    )
 
     @field_validator("ca_file")
     @classmethod
     def _ca_usable(cls, value: Path | None) -> Path | None:
         if value is not None and (problem := ca_problem(value)):
             raise ValueError(problem)
+        return value
+
+    @field_validator("write_consistency_factor")
+    @classmethod
+    def _within_replication(cls, value: int | None, info: ValidationInfo) -> int | None:
+        replicas = info.data.get("replication_factor")
+        if value is not None and replicas is not None and value > replicas:
+            raise ValueError(
+                f"exceeds store.replication_factor={replicas}: a shard has only {replicas} replicas to ack"
+            )
         return value
 
 

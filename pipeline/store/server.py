@@ -76,6 +76,28 @@ _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 _INSECURE_KEY_WARNING = "Api key is used with an insecure connection"
 
 
+@dataclasses.dataclass(frozen=True)
+class ClusterLayout:
+    """How a Qdrant cluster spreads each new collection; None leaves it to the server.
+
+    Applied when a collection is created; ``create_collection`` of an existing one keeps
+    its layout. A write is sent to every replica of its shard and acknowledged once
+    ``write_consistency_factor`` of them applied it, so with 1 writes go on while one
+    peer of a replicated shard is down: before answering, Qdrant waits until consensus
+    marks the failed replica dead, and that replica catches up by a shard transfer when
+    its peer returns (reads use only the replicas that are up to date).
+
+    Writes keep Qdrant's default (weak) ordering: a document has one writer at a time (the
+    sink owning its partition), each write returns only after every replica answered, and
+    the version-guarded writes give one result in any order. ``strong`` ordering would
+    refuse every write to a shard whose leader peer is down; ``medium`` adds a hop.
+    """
+
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+
+
 class ServerStore:
     def __init__(
         self,
@@ -87,13 +109,16 @@ class ServerStore:
         ca_file: Path | None = None,
         allow_insecure_api_key: bool = False,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        layout: ClusterLayout | None = None,
     ) -> None:
         """Connect to ``url`` (``location=":memory:"``: qdrant-client's local mode instead).
 
+        ``layout`` shards and replicates the collections this adapter creates (a cluster).
         Raises :class:`ConfigError` when ``api_key`` would cross the network in clear
         text: over ``http://`` to a host that is not loopback, unless allowed.
         """
         self._max_request_bytes = max_request_bytes
+        self._layout = layout or ClusterLayout()
         self._url = url or location or ""
         # qdrant-client's local mode ignores quantization and reports none.
         self._reports_quantization = location is None
@@ -113,7 +138,8 @@ class ServerStore:
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> ServerStore:
-        """The store ``settings.url`` names, with its API key, CA file and request bound."""
+        """The store ``settings.url`` names, with its API key, CA file, request bound and
+        the cluster layout of the collections it creates."""
         key = settings.api_key.get_secret_value() if settings.api_key is not None else None
         return cls(
             settings.url,
@@ -122,6 +148,9 @@ class ServerStore:
             ca_file=settings.ca_file,
             allow_insecure_api_key=settings.allow_insecure_api_key,
             max_request_bytes=settings.max_request_bytes,
+            layout=ClusterLayout(
+                settings.shard_number, settings.replication_factor, settings.write_consistency_factor
+            ),
         )
 
     def collections(self) -> list[str]:
@@ -158,6 +187,9 @@ class ServerStore:
                 name,
                 vectors_config=vectors,
                 quantization_config=_quantization(spec),
+                shard_number=self._layout.shard_number,
+                replication_factor=self._layout.replication_factor,
+                write_consistency_factor=self._layout.write_consistency_factor,
             )
         except _Conflict:
             return False

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pipeline.config.settings import Settings
 from pipeline.observability.prometheus import PrometheusObserver
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS = ROOT / "ops" / "prometheus" / "prometheus.yml"
 ALERTS = ROOT / "ops" / "prometheus" / "alerts.yml"

@@ -19,7 +19,8 @@ from pipeline.core.errors import (
     StoreUnavailable,
 )
 from pipeline.store import PointWrite
-from pipeline.store.server import answer_error, estimated_point_bytes, refuse_clear_text_key, split_by_bytes
+from pipeline.store.server.answers import answer_error, refuse_clear_text_key
+from pipeline.store.server.requests import estimated_point_bytes, split_by_bytes
 
 
 def test_groups_keep_order_and_stay_under_the_limit():

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import json
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
@@ -33,8 +31,6 @@ from pipeline.config.tls import certificate_error, client_context
 from pipeline.core.errors import (
     AuthenticationFailed,
     ConfigError,
-    EmbedstreamError,
-    FatalError,
     StoreRejected,
     StoreUnavailable,
 )
@@ -55,25 +51,19 @@ from pipeline.store import (
     version_parts,
     with_version_parts,
 )
+from pipeline.store.server.answers import Conflict, answer_error, answered_in_tls, refuse_clear_text_key
+from pipeline.store.server.requests import estimated_point_bytes, id_bytes, split_by_bytes
 
 T = TypeVar("T")
-Item = TypeVar("Item")
 _DATATYPES: dict[Datatype, qm.Datatype] = {
     "float32": qm.Datatype.FLOAT32,
     "float16": qm.Datatype.FLOAT16,
     "uint8": qm.Datatype.UINT8,
 }
+_INSECURE_KEY_WARNING = "Api key is used with an insecure connection"
 _DISTANCES = {"cosine": qm.Distance.COSINE, "euclid": qm.Distance.EUCLID}
 #: Default bound on one write request's JSON body: a quarter of Qdrant's default limit.
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
-#: JSON bytes of one vector component at most (``-1.2345678901234567e-05,``).
-_FLOAT_JSON_BYTES = 24
-#: JSON bytes of a point id with its quotes and separators (UUIDs are 36 characters).
-_ID_JSON_BYTES = 48
-#: Slack per point for the keys ``id``, ``vector``, ``payload`` and the braces.
-_POINT_JSON_BYTES = 48
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
-_INSECURE_KEY_WARNING = "Api key is used with an insecure connection"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +181,7 @@ class ServerStore:
                 replication_factor=self._layout.replication_factor,
                 write_consistency_factor=self._layout.write_consistency_factor,
             )
-        except _Conflict:
+        except Conflict:
             return False
         return True
 
@@ -219,7 +209,7 @@ class ServerStore:
 
     def set_payload(self, name: str, ids: Sequence[str], payload: dict[str, Any]) -> None:
         room = self._max_request_bytes - len(json.dumps(payload, default=str))
-        for part in split_by_bytes(ids, _id_bytes, room):
+        for part in split_by_bytes(ids, id_bytes, room):
             selected = qm.Filter(must=[qm.HasIdCondition(has_id=part), _at_most(int(payload[VERSION]))])
             self._write(
                 self._client.set_payload,
@@ -240,7 +230,7 @@ class ServerStore:
         return found
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
-        for part in split_by_bytes(ids, _id_bytes, self._max_request_bytes):
+        for part in split_by_bytes(ids, id_bytes, self._max_request_bytes):
             self._write(self._client.delete, name, points_selector=qm.PointIdsList(points=part), wait=True)
 
     def retrieve(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -344,7 +334,7 @@ class ServerStore:
                     f"TLS certificate of the Qdrant server at {self._url} is not trusted: "
                     f"{certificate.verify_message}; set store.ca_file to the CA that signed it"
                 ) from exc
-            if self._url.startswith("http://") and _answered_in_tls(exc):
+            if self._url.startswith("http://") and answered_in_tls(exc):
                 https = "https://" + self._url.removeprefix("http://")
                 raise ConfigError(
                     f"the Qdrant server at {self._url} speaks TLS on that port: set store.url to {https}"
@@ -354,20 +344,10 @@ class ServerStore:
             raise answer_error(exc, self._url, write=write) from exc
         except ValueError as exc:  # local mode answers what a server answers with 409 or 400
             if _ALREADY_EXISTS in str(exc):
-                raise _Conflict(str(exc)) from exc
+                raise Conflict(str(exc)) from exc
             if write:
                 raise StoreRejected(f"Qdrant rejected the write: {exc}") from exc
             raise
-
-
-def _answered_in_tls(exc: BaseException) -> bool:
-    """A plain HTTP request answered with a TLS alert: httpx cannot parse it as HTTP."""
-    chain: BaseException | None = exc
-    while chain is not None:
-        if any(sign in str(chain) for sign in ("illegal request line", "illegal status line")):
-            return True
-        chain = chain.__cause__ or chain.__context__
-    return False
 
 
 def _filter(filters: Mapping[str, Scalar] | None) -> qm.Filter | None:
@@ -433,87 +413,6 @@ def _quantization(spec: CollectionSpec) -> Any:
 
 
 _ALREADY_EXISTS = "already exists"
-
-
-class _Conflict(FatalError):
-    """409: what we wanted to create exists (callers that expect the race catch this)."""
-
-
-def answer_error(exc: UnexpectedResponse, url: str, *, write: bool) -> EmbedstreamError:
-    """The error tree's answer to a Qdrant HTTP error status (see the module docstring)."""
-    status = exc.status_code or 0
-    message = _server_message(exc)
-    if status >= 500 or status in (0, 408, 429):
-        return StoreUnavailable(f"Qdrant server at {url} answered {status}: {message}")
-    if status in (401, 403):
-        return AuthenticationFailed(
-            f"the Qdrant server at {url} refused the request ({status}): {message}; check store.api_key"
-        )
-    if status == 409:
-        return _Conflict(f"Qdrant server at {url}: {message}")
-    if write and status != 404:
-        return StoreRejected(f"Qdrant rejected the write ({status}): {message}")
-    return FatalError(f"Qdrant server at {url} answered {status}: {message}")
-
-
-def _server_message(exc: UnexpectedResponse) -> str:
-    """Qdrant's own explanation (``{"status": {"error": ...}}``), else the raw answer, bounded."""
-    try:
-        error = exc.structured()["status"]["error"]
-    except (ValueError, KeyError, TypeError):
-        error = exc.content.decode("utf-8", "replace")
-    return str(error)[:500]
-
-
-def refuse_clear_text_key(url: str | None, api_key: str | None, allowed: bool) -> None:
-    """ConfigError when ``api_key`` would go over ``http://`` to a host that is not loopback."""
-    parts = urlsplit(url or "")
-    if api_key is None or allowed or parts.scheme != "http" or _is_loopback(parts.hostname or ""):
-        return
-    raise ConfigError(
-        f"store.api_key would cross the network in clear text: store.url={url} is http:// to a host "
-        "that is not loopback; use https://, or set store.allow_insecure_api_key=true (trusted network only)"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def split_by_bytes(items: Sequence[Item], size: Callable[[Item], int], limit: int) -> list[list[Item]]:
-    """Consecutive groups of ``items`` whose sizes add up to at most ``limit`` each.
-
-    Order is kept. An item larger than ``limit`` on its own goes alone: the server
-    decides about it (and a 4xx then rejects that item's event only).
-    """
-    groups: list[list[Item]] = []
-    current: list[Item] = []
-    used = 0
-    for item in items:
-        cost = size(item)
-        if current and used + cost > limit:
-            groups.append(current)
-            current, used = [], 0
-        current.append(item)
-        used += cost
-    if current:
-        groups.append(current)
-    return groups
-
-
-def estimated_point_bytes(point: PointWrite) -> int:
-    """An upper bound on the point's share of an upsert request's JSON body."""
-    payload = len(json.dumps(point.payload, default=str, ensure_ascii=False).encode())
-    return _POINT_JSON_BYTES + _ID_JSON_BYTES + _FLOAT_JSON_BYTES * len(point.vector) + payload
-
-
-def _id_bytes(point_id: str) -> int:
-    return _ID_JSON_BYTES + max(0, len(point_id) - 36)
 
 
 def _spec_of(info: Any) -> CollectionSpec:

@@ -117,6 +117,16 @@ class Collector:
         self.events.extend(events)
         return {e.key for e in events if e.key in self.failing}
 
+    def indexed(self) -> dict[str, int]:
+        """doc_id -> version of the live documents, as an index fed these events holds them."""
+        state: dict[str, int] = {}
+        for event in self.events:
+            if event.op == "delete":
+                state.pop(event.doc_id, None)
+            else:
+                state[event.doc_id] = event.version
+        return state
+
     def live(self) -> dict[str, str]:
         """doc_id -> text of the latest event per document, deletions applied."""
         state: dict[str, str] = {}

@@ -100,11 +100,12 @@ def watch_source(
 ) -> None:
     """Pass every ``interval_s`` until ``stop`` is set; a pass in progress finishes.
 
-    Only the first pass reconciles against the index; later passes follow the checkpoint.
+    Every pass reconciles against the index (one scroll of the source's document states)
+    and keeps the mass-delete guard, measured against what was indexed before the pass.
     """
     first = True
     while not stop.is_set():
-        summary = index_source(pipeline, source, allow_mass_delete=allow_mass_delete, reconcile=first)
+        summary = index_source(pipeline, source, allow_mass_delete=allow_mass_delete)
         if on_pass is not None and (first or summary.changed_anything):
             on_pass(summary)
         first = False

@@ -42,30 +42,39 @@ def run_source_pass(
 ) -> PassResult:
     """One pass: publish the source's changes in slices, checkpointing each slice only once
     it is delivered; unless ``allow_mass_delete``, deletions go last, after a check that
-    they are not most of what the source has indexed.
+    they are not most of what the index held for this source *before* the pass (what the
+    pass adds does not count: replacing every file, or a rebind to the wrong folder, is
+    still most of the index going away).
 
     With ``indexed``, documents the index holds for this source but the pass did not see
     are deleted too (reconciling against the index, not only against the checkpoint).
     """
     result = PassResult()
+    before = indexed() if indexed is not None else None
     deletions: list[Change] = []
-    changes = source.changes(result.report)
+    deleted: set[str] = set()  # deleted by this pass: not orphans too
+    changes = _noting_deletions(source.changes(result.report), deleted)
     # Deletions wait for the check only when there is one; otherwise events keep the order
     # the source gave them (a delete and a re-create of one document in the same pass).
     updates = changes if allow_mass_delete else (c for c in changes if not _is_deletion(c, deletions))
     for part in _slices(updates, slice_size):
         result.published += _deliver(source, deliver, part)
-    if indexed is not None:
-        known = indexed()
-        pending = {c.doc_id for c in deletions}  # set aside above, still live in the index
-        orphans = [c for c in source.orphans(known) if c.doc_id not in pending]
+    if before is not None:
+        orphans = [c for c in source.orphans(before) if c.doc_id not in deleted]
         result.orphans = len(orphans)
         deletions += orphans
         if not allow_mass_delete:
-            _check_mass_deletion(source, len(deletions), len(known))
+            _check_mass_deletion(source, len(deletions), len(before))
     for part in _slices(iter(deletions), slice_size):
         result.deleted += _deliver(source, deliver, part)
     return result
+
+
+def _noting_deletions(changes: Iterator[Change], deleted: set[str]) -> Iterator[Change]:
+    for change in changes:
+        if change.event is not None and change.event.op == "delete":
+            deleted.add(change.doc_id)
+        yield change
 
 
 def _is_deletion(change: Change, deletions: list[Change]) -> bool:

@@ -96,3 +96,28 @@ def test_versions_published_before_a_crash_stay_below_the_next_change():
     run_source_pass(source, after, slice_size=10)
     assert [e.op for e in after.events] == ["delete"]
     assert after.events[0].version > published.events[0].version
+
+
+def test_replacing_every_document_is_a_mass_delete_measured_before_the_pass():
+    """The guard compares deletions with what was indexed before the pass: six new documents
+    added in the same pass do not make deleting the six old ones look like half."""
+    source = ListSource("notes", {f"old{i}": "x" for i in range(6)})
+    index = Collector()
+    run_source_pass(source, index, slice_size=10)
+    for i in range(6):
+        source.remove(f"old{i}")
+        source.put(f"new{i}", "y")
+    with pytest.raises(Refused, match="would delete 6 of the 6"):
+        run_source_pass(source, index, slice_size=10, indexed=index.indexed, allow_mass_delete=False)
+    assert sorted(index.indexed()) == sorted([f"old{i}" for i in range(6)] + [f"new{i}" for i in range(6)])
+
+
+def test_a_document_deleted_by_the_pass_is_not_deleted_again_as_an_orphan():
+    """Reconciliation skips what the pass itself deleted (one tombstone, counted once)."""
+    source = ListSource("notes", {"a": "x", "b": "y", "c": "z"})
+    index = Collector()
+    run_source_pass(source, index, slice_size=10)
+    source.remove("a")
+    seen = Collector()
+    result = run_source_pass(source, seen, slice_size=10, indexed=index.indexed, allow_mass_delete=True)
+    assert ([e.doc_id for e in seen.events if e.op == "delete"], result.orphans) == (["a"], 0)

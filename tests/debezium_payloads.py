@@ -5,6 +5,18 @@ PostgreSQL records come as the JSON converter writes them with ``schemas.enable=
 ``schemas.enable=false`` (the bare payload). The table is ``articles (id int primary key,
 title text, body text, author text)``; deletes carry only the key in ``before`` (the
 default replica identity) and are followed by a tombstone (null value).
+
+What Debezium really writes besides the happy path:
+
+* :func:`toasted`: with PostgreSQL's default ``REPLICA IDENTITY``, an UPDATE that does not
+  touch a TOASTed column (a long ``body``) carries Debezium's ``unavailable.value.placeholder``
+  (``__debezium_unavailable_value``) in that column of ``after``; ``before`` is null.
+* :func:`compacted`: what a consumer that lags behind log compaction finds of a sequence of
+  records: the last record of each key; of a delete, only its tombstone.
+* log positions that restart lower: a PostgreSQL database restored from a dump into a new
+  cluster (a lower ``lsn``), a MySQL ``RESET MASTER`` (binlog ``mysql-bin.000001`` again) or a
+  failover to a replica (another ``server_id``, its own binlog files): pass the lower position
+  to :func:`postgres` or :func:`mysql`.
 """
 
 from __future__ import annotations
@@ -14,6 +26,9 @@ from typing import Any
 
 Row = dict[str, Any]
 Record = tuple[bytes, bytes | None]  # (key, value)
+
+#: Debezium's default ``unavailable.value.placeholder``.
+UNAVAILABLE = "__debezium_unavailable_value"
 
 _ROW_FIELDS = [
     {"type": "int32", "optional": False, "field": "id"},
@@ -85,7 +100,10 @@ def postgres(
     return key, _dump({"schema": _PG_VALUE_SCHEMA, "payload": payload})
 
 
-def mysql(op: str, row: Row, file: str, pos: int, *, row_in_event: int = 0, snapshot: bool = False) -> Record:
+def mysql(
+    op: str, row: Row, file: str, pos: int, *, row_in_event: int = 0, snapshot: bool = False,
+    server_id: int = 223344,
+) -> Record:  # fmt: skip
     """A MySQL change without the schema wrapper; ``row`` as for :func:`postgres`."""
     payload = {
         "before": {"id": row["id"]} if op == "d" else None,
@@ -93,7 +111,7 @@ def mysql(op: str, row: Row, file: str, pos: int, *, row_in_event: int = 0, snap
         "source": {
             "version": "2.7.3.Final", "connector": "mysql", "name": "mysql-server-1",
             "ts_ms": 1_465_581_029_100, "snapshot": str(snapshot).lower(), "db": "inventory",
-            "sequence": None, "table": "articles", "server_id": 223344, "gtid": None,
+            "sequence": None, "table": "articles", "server_id": server_id, "gtid": None,
             "file": file, "pos": pos, "row": row_in_event, "thread": 7, "query": None,
         },
         "op": op,
@@ -105,3 +123,16 @@ def mysql(op: str, row: Row, file: str, pos: int, *, row_in_event: int = 0, snap
 def tombstone(record: Record) -> Record:
     """The null-valued record Debezium writes after a delete, for log compaction."""
     return record[0], None
+
+
+def toasted(row: Row, *columns: str, placeholder: str = UNAVAILABLE) -> Row:
+    """``row`` as an UPDATE's ``after`` that left these (TOASTed) columns untouched, with the
+    default replica identity: Debezium writes its placeholder instead of their values."""
+    return {**row, **dict.fromkeys(columns, placeholder)}
+
+
+def compacted(records: list[Record]) -> list[Record]:
+    """What log compaction leaves of ``records`` (one partition, in order): each key's last
+    record, where it was; a deleted row leaves only its tombstone."""
+    last = {key: i for i, (key, _value) in enumerate(records)}
+    return [record for i, record in enumerate(records) if last[record[0]] == i]

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from connectors.debezium import UNAVAILABLE_VALUE
 from pipeline.bus import Bus
 from pipeline.cli.app import app, load_settings, run, source_app, topics_app
 from pipeline.cli.options import BootstrapOpt, CommonOptions, ConfigOpt, HttpOpt, IndexOpt, ModelOpt, StateOpt
@@ -37,6 +38,7 @@ from pipeline.cli.sources import (
     SqlOptions,
     TableOpt,
     TextOpt,
+    UnavailableValueOpt,
     debezium_source,
     fs_source,
     sql_source,
@@ -158,7 +160,10 @@ def source_debezium(
     ],
     text: TextOpt = None,
     key: Annotated[
-        str | None, typer.Option("--key", metavar="COLUMN", help="Id column (default: the record key).")
+        str | None,
+        typer.Option(
+            "--key", metavar="COLUMN", help="The primary key column (default: the record key, which is it)."
+        ),
     ] = None,
     metadata: MetadataOpt = None,
     deleted_column: DeletedColumnOpt = None,
@@ -167,6 +172,7 @@ def source_debezium(
     ] = None,
     interval: Annotated[float, typer.Option(metavar="SECONDS", help="Pause between passes.")] = 0.0,
     source: ConnectorNameOpt = None,
+    unavailable_value: UnavailableValueOpt = UNAVAILABLE_VALUE,
     config: ConfigOpt = None,
     state_dir: StateOpt = None,
     http: HttpOpt = None,
@@ -176,7 +182,8 @@ def source_debezium(
     move only once the changes are published."""
     common = CommonOptions(config=config, state_dir=state_dir, http=http, bootstrap=bootstrap)
     settings = run(lambda: load_settings(common))
-    options = DebeziumOptions(topic, group, key, RowOptions(text, metadata, deleted_column), source)
+    rows = RowOptions(text, metadata, deleted_column)
+    options = DebeziumOptions(topic, group, key, rows, source, unavailable_value)
     with kafka(settings) as (bus, _topics):
         src = run(lambda: debezium_source(options, settings, bus, settings.state_dir / "sources"))
         with closing(src):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from connectors.debezium import DebeziumSource, DebeziumTopics
+from connectors.debezium import UNAVAILABLE_VALUE, DebeziumSource, DebeziumTopics
 from connectors.filesystem import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FilesystemSource
 from connectors.jsonl import STDIN, JsonlSource
 from connectors.kit.rejects import KafkaRejects, LocalRejects
@@ -171,6 +171,15 @@ DeletedColumnOpt = Annotated[
         rich_help_panel=_ROWS,
     ),
 ]
+UnavailableValueOpt = Annotated[
+    str,
+    typer.Option(
+        "--unavailable-value",
+        metavar="TEXT",
+        help="Debezium's unavailable.value.placeholder (a TOASTed column an UPDATE did not carry); "
+        "it never becomes document text.",
+    ),
+]
 JsonlOpt = Annotated[
     Path | None,
     typer.Option(
@@ -309,17 +318,32 @@ class DebeziumOptions:
     key: str | None
     rows: RowOptions
     name: str | None = None
+    unavailable_value: str = UNAVAILABLE_VALUE
 
 
 def debezium_source(options: DebeziumOptions, settings: Settings, bus: Bus, home: Path) -> DebeziumSource:
-    """Debezium topics on the pipeline's Kafka cluster; bad records go to ``<prefix>.dlq``."""
+    """Debezium topics on the pipeline's Kafka cluster; bad records go to ``<prefix>.dlq``; the
+    per-key checkpoint (versions, tombstones, column digests) lives under ``home``."""
     if not options.topics:
         raise ConfigError("--topic is required: a Debezium change topic, e.g. dbserver1.public.articles")
     name = checked_name(options.name or _name_from(options.topics[0]))
     topics = Topics(settings.kafka.topic_prefix)
     group = options.group or topics.source_group("debezium", name)
-    config = DebeziumTopics(tuple(options.topics), group, options.rows.row_format("--topic"), options.key)
+    config = DebeziumTopics(
+        tuple(options.topics),
+        group,
+        options.rows.row_format("--topic"),
+        options.key,
+        options.unavailable_value,
+    )
     rejects = KafkaRejects(bus.producer(), topics.dlq)
-    source = DebeziumSource(bus, config, name=name, rejects=rejects, max_bytes=settings.limits.max_doc_bytes)
-    SourceBindings.of(home).bind(name, source.identity)
+    source = DebeziumSource(
+        bus, config, home / "checkpoints" / f"{name}.sqlite", name=name, rejects=rejects,
+        max_bytes=settings.limits.max_doc_bytes,
+    )  # fmt: skip
+    try:
+        SourceBindings.of(home).bind(name, source.identity)
+    except BaseException:
+        source.close()
+        raise
     return source

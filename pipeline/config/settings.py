@@ -150,6 +150,33 @@ SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 
 
+class CacheSettings(BaseModel):
+    shared: bool = Field(
+        False,
+        description="Share the embedding cache between hosts: a collection in the Qdrant server of "
+        "store.url (required), behind the local SQLite cache",
+    )
+    collection_prefix: str = Field(
+        "embedstream_cache",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Shared cache collections are <prefix>__<dims>, one per vector size",
+    )
+
+
+class SourcesSettings(BaseModel):
+    """The source daemons (``embedstream source ...``)."""
+
+    reconcile_every_s: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds between passes that reconcile with the index (deleting documents it holds "
+        "that the source does not) under the mass-delete guard; needs store.url; 0: every pass",
+    )
+    allow_mass_delete: bool = Field(
+        False, description="Let a reconciling pass delete more than half of the source's indexed documents"
+    )
+
+
 class KafkaSettings(BaseModel):
     """Brokers, topics, batching, and how the connection is secured.
 
@@ -283,6 +310,8 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     index: IndexSettings = IndexSettings()
     store: StoreSettings = StoreSettings()
+    cache: CacheSettings = CacheSettings()
+    sources: SourcesSettings = SourcesSettings()
     kafka: KafkaSettings = KafkaSettings()
     http: HttpSettings = HttpSettings()
 

@@ -26,6 +26,7 @@ class Observer(Protocol):
     def freshness(self, stage: str, seconds: Sequence[float]) -> None: ...
     def committed(self, stage: str) -> None: ...
     def lag(self, stage: str, topic: str, partition: int, lag: int) -> None: ...
+    def reconciled(self, source: str, deleted: int) -> None: ...
 
 
 class NullObserver:
@@ -66,6 +67,9 @@ class NullObserver:
 
     def lag(self, stage: str, topic: str, partition: int, lag: int) -> None:
         pass
+
+    def reconciled(self, source: str, deleted: int) -> None:
+        """A pass compared ``source`` with the index and deleted what it no longer has."""
 
 
 @dataclass
@@ -153,3 +157,7 @@ class Observers(NullObserver):
     def lag(self, stage: str, topic: str, partition: int, lag: int) -> None:
         for m in self._members:
             m.lag(stage, topic, partition, lag)
+
+    def reconciled(self, source: str, deleted: int) -> None:
+        for m in self._members:
+            m.reconciled(source, deleted)

@@ -54,6 +54,15 @@ class PrometheusObserver:
             buckets=_FRESHNESS,
             registry=registry,
         )
+        self.reconciles = Counter(
+            f"{ns}_reconcile_passes", "Source passes reconciled with the index", ["source"], registry=registry
+        )
+        self.reconciled_docs = Counter(
+            f"{ns}_reconcile_deleted_documents",
+            "Documents a reconciling pass deleted: in the index, gone from the source",
+            ["source"],
+            registry=registry,
+        )
         self.last_commit = Gauge(
             f"{ns}_last_commit_timestamp_seconds", "Last successful commit", ["stage"], registry=registry
         )
@@ -99,3 +108,7 @@ class PrometheusObserver:
 
     def lag(self, stage: str, topic: str, partition: int, lag: int) -> None:
         self.lag_gauge.labels(stage, topic, str(partition)).set(lag)
+
+    def reconciled(self, source: str, deleted: int) -> None:
+        self.reconciles.labels(source).inc()
+        self.reconciled_docs.labels(source).inc(deleted)

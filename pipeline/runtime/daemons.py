@@ -31,6 +31,8 @@ from pipeline.runtime.registry import embed_version, read_versions, sink_planner
 from pipeline.sources import Source
 from pipeline.stages import Stage
 from pipeline.stages.worker import Health, Worker, call_with_retry
+from pipeline.versions.doc_states import DocStates
+from pipeline.versions.spec import live_version
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +129,16 @@ def run_source(settings: Settings, source: Source, stop: threading.Event, interv
         call_with_retry(lambda: ctx.bus.ensure_topics(runtime.topic_specs(1)[:1]), stop, ctx.health)
         producer = ctx.bus.producer()
         deliver = partial(publish_changes, producer=producer, ctx=ctx)
+        reconciling = Reconciling(settings, runtime, source.name)
         try:
             while not stop.is_set():
-                result = call_with_retry(
-                    lambda: run_source_pass(source, deliver, slice_size=SOURCE_SLICE),
-                    stop, ctx.health, runtime.observer, "source",
+                indexed = reconciling.due()
+                one_pass = partial(
+                    run_source_pass, source, deliver, slice_size=SOURCE_SLICE, indexed=indexed,
+                    allow_mass_delete=settings.sources.allow_mass_delete,
                 )  # fmt: skip
+                result = call_with_retry(one_pass, stop, ctx.health, runtime.observer, "source")
+                reconciling.done(indexed, result.orphans)
                 if result.report.skipped:
                     log.info("source skipped documents", extra={"skipped": dict(result.report.skipped)})
                 ctx.health.last_commit = time.time()
@@ -140,6 +146,42 @@ def run_source(settings: Settings, source: Source, stop: threading.Event, interv
                 stop.wait(interval_s)
         finally:
             producer.close()
+
+
+class Reconciling:
+    """When a source daemon's pass reconciles with the index: every
+    ``sources.reconcile_every_s``, reading the live version's document states from the
+    Qdrant server (``store.url``; the embedded engine belongs to its sink, so without a server
+    the daemon follows its checkpoint alone, and says so once)."""
+
+    def __init__(self, settings: Settings, runtime: Runtime, source: str) -> None:
+        self._settings, self._runtime, self._source = settings, runtime, source
+        self._last = float("-inf")
+        if not settings.store.url:
+            log.warning("source %s: no store.url, so passes never reconcile with the index", source)
+
+    def due(self) -> Callable[[], dict[str, int]] | None:
+        every = self._settings.sources.reconcile_every_s
+        if not self._settings.store.url or time.monotonic() - self._last < every:
+            return None
+        return self._indexed
+
+    def done(self, indexed: Callable[[], dict[str, int]] | None, repaired: int) -> None:
+        if indexed is None:
+            return
+        self._last = time.monotonic()
+        self._runtime.observer.reconciled(self._source, repaired)
+        if repaired:
+            log.warning(
+                "source %s: reconciliation deleted %d documents the source no longer has",
+                self._source,
+                repaired,
+            )
+
+    def _indexed(self) -> dict[str, int]:
+        store = self._runtime.store
+        live = live_version(store, self._settings.index.name)
+        return DocStates(store, live).live(self._source) if live is not None else {}
 
 
 def publish_changes(events: Sequence[ChangeEvent], *, producer: Producer, ctx: DaemonContext) -> set[str]:

@@ -41,7 +41,8 @@ def run_source_pass(
     allow_mass_delete: bool = True,
 ) -> PassResult:
     """One pass: publish the source's changes in slices, checkpointing each slice only once
-    it is delivered; unless ``allow_mass_delete``, deletions go last, after a check that
+    it is delivered; with ``indexed`` and unless ``allow_mass_delete`` (or the source keeps
+    its changes ``in_order``), deletions go last, after a check that
     they are not most of what the index held for this source *before* the pass (what the
     pass adds does not count: replacing every file, or a rebind to the wrong folder, is
     still most of the index going away).
@@ -56,14 +57,17 @@ def run_source_pass(
     changes = _noting_deletions(source.changes(result.report), deleted)
     # Deletions wait for the check only when there is one; otherwise events keep the order
     # the source gave them (a delete and a re-create of one document in the same pass).
-    updates = changes if allow_mass_delete else (c for c in changes if not _is_deletion(c, deletions))
+    # A source whose changes must stay in the order read (several changes of one key in one
+    # pass: Debezium) cannot have its deletions held back; it is never mass-delete checked.
+    guard = before is not None and not allow_mass_delete and not getattr(source, "in_order", False)
+    updates = changes if not guard else (c for c in changes if not _is_deletion(c, deletions))
     for part in _slices(updates, slice_size):
         result.published += _deliver(source, deliver, part)
     if before is not None:
         orphans = [c for c in source.orphans(before) if c.doc_id not in deleted]
         result.orphans = len(orphans)
         deletions += orphans
-        if not allow_mass_delete:
+        if guard:
             _check_mass_deletion(source, len(deletions), len(before))
     for part in _slices(iter(deletions), slice_size):
         result.deleted += _deliver(source, deliver, part)

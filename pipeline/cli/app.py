@@ -9,8 +9,11 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -32,6 +35,7 @@ from pipeline.config.settings import LOG_LEVELS, Settings
 from pipeline.core import faults
 from pipeline.core.errors import (
     AuthenticationFailed,
+    ConfigError,
     EmbedstreamError,
     FatalError,
     Refused,
@@ -47,7 +51,8 @@ EXIT_CONFIG = 3
 EXIT_STORE_LOCKED = 4
 EXIT_UNAVAILABLE = 5
 EXIT_DRAIN_TIMEOUT = 6
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process killed by it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 T = TypeVar("T")
 
@@ -85,6 +90,8 @@ def load_settings(options: CommonOptions) -> Settings:
     config = options.config or _GLOBAL_CONFIG.get()
     settings = Settings.load(config, flags=given, known_env=_cli_env_vars())
     logs.configure(settings.log_level)
+    if settings.state_dir.exists() and not settings.state_dir.is_dir():
+        raise ConfigError(f"state_dir {settings.state_dir} is a file, not a directory: check --state-dir")
     return settings
 
 
@@ -120,10 +127,16 @@ _EXITS: tuple[tuple[type[EmbedstreamError], str, int], ...] = (
 )
 
 
+class Terminated(BaseException):
+    """SIGTERM during a command that does not drain (``index``, ``search``...): unwinds
+    like Ctrl-C's KeyboardInterrupt, so files are closed and the user is told."""
+
+
 def run(action: Callable[[], T]) -> T:
     """Map the error tree to messages and exit codes, in one place."""
     try:
-        return action()
+        with _sigterm_unwinds():
+            return action()
     except EmbedstreamError as exc:
         label, code = next((label, code) for kind, label, code in _EXITS if isinstance(exc, kind))
         print_error(label, exc)
@@ -131,6 +144,27 @@ def run(action: Callable[[], T]) -> T:
     except KeyboardInterrupt as exc:
         err.print("interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from exc
+    except Terminated as exc:
+        err.print("terminated")
+        raise typer.Exit(EXIT_TERMINATED) from exc
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` (a daemon's own handler, installed inside, drains
+    instead). Only the main thread may install handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(_signum: int, _frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _show_version(value: bool) -> None:

@@ -14,7 +14,16 @@ import typer
 from connectors.debezium import UNAVAILABLE_VALUE
 from pipeline.bus import Bus
 from pipeline.cli.app import app, load_settings, run, source_app, topics_app
-from pipeline.cli.options import BootstrapOpt, CommonOptions, ConfigOpt, HttpOpt, IndexOpt, ModelOpt, StateOpt
+from pipeline.cli.options import (
+    BootstrapOpt,
+    CommonOptions,
+    ConfigOpt,
+    HttpOpt,
+    IndexOpt,
+    ModelOpt,
+    StateOpt,
+    positive_seconds,
+)
 from pipeline.cli.render import print_topics
 from pipeline.cli.signals import stop_on_signals
 from pipeline.cli.sources import (
@@ -105,7 +114,9 @@ def topics_create(
 @source_app.command("fs")
 def source_fs(
     path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
-    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between rescans.")] = 2.0,
+    interval: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds between rescans.", callback=positive_seconds)
+    ] = 2.0,
     source: SourceNameOpt = "fs",
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
@@ -136,7 +147,9 @@ def source_sql(
     deleted_column: DeletedColumnOpt = None,
     lookback: LookbackOpt = 60.0,
     key_diff_every: KeyDiffOpt = 300.0,
-    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between polls.")] = 2.0,
+    interval: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds between polls.", callback=positive_seconds)
+    ] = 2.0,
     source: ConnectorNameOpt = None,
     rebind: RebindOpt = False,
     config: ConfigOpt = None,
@@ -228,5 +241,5 @@ def _worker(stage: Literal["embed", "sink"], version: int, common: CommonOptions
     from pipeline.runtime.daemons import run_embed, run_sink
 
     work = run_embed if stage == "embed" else run_sink
-    settings = load_settings(common)  # as before the split: outside run(), errors are not mapped
+    settings = run(lambda: load_settings(common))
     run_daemon(settings, lambda stop: work(settings, version, stop))

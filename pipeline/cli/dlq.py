@@ -54,7 +54,9 @@ def _letters(settings: Settings, limit: int, *, local: bool) -> list[dict[str, s
 def dlq_replay(
     reason: Annotated[str | None, typer.Option(help="Only entries with this reason.")] = None,
     key: Annotated[str | None, typer.Option(help="Only entries for this document key.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be replayed.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", metavar="", help="Show what would be replayed.")
+    ] = False,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:

@@ -8,12 +8,19 @@ import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from prometheus_client import CollectorRegistry
 
 from pipeline.cli.app import app, load_settings, run
+from pipeline.cli.lookups import (
+    dead_letters_reported_here,
+    missing_state_dir,
+    search_store,
+    store_owned_elsewhere,
+    store_status,
+)
 from pipeline.cli.options import (
     CommonOptions,
     ConfigOpt,
@@ -23,6 +30,7 @@ from pipeline.cli.options import (
     ModelOpt,
     StateOpt,
     parse_filters,
+    positive_seconds,
 )
 from pipeline.cli.render import (
     err,
@@ -34,6 +42,7 @@ from pipeline.cli.render import (
     print_status,
     print_watching,
     progress_bar,
+    shown,
 )
 from pipeline.cli.signals import stop_on_signals
 from pipeline.cli.sources import (
@@ -64,13 +73,7 @@ from pipeline.cli.sources import (
 from pipeline.config.settings import Settings
 from pipeline.observability.prometheus import PrometheusObserver
 from pipeline.sources import Source
-from pipeline.versions.search import (
-    SearchAnswer,
-    live_documents,
-    nothing_found,
-    search_documents,
-)
-from pipeline.versions.spec import live_version
+from pipeline.versions.search import MAX_K
 
 if TYPE_CHECKING:
     from connectors.jsonl import InvalidLine
@@ -162,10 +165,14 @@ def _index_once(
     from pipeline.runtime.local import index_source
 
     settings = load_settings(common)
-    with EmbeddedPipeline(settings) as pipeline, progress_bar(enabled=one.progress) as progress:
+    with store_owned_elsewhere(settings, "index"):
+        pipeline = EmbeddedPipeline(settings)
+    with pipeline, progress_bar(enabled=one.progress) as progress, dead_letters_reported_here():
         src = one.source_at(settings, settings.index_home)
         try:
             summary = index_source(pipeline, src, progress, allow_mass_delete=one.allow_mass_delete)
+            if one.jsonl:  # an invalid line is dead-lettered by the source: counted there, not as a skip
+                summary.rejected = summary.skipped.pop("invalid_line", 0)
             # A migration in progress: replay this source into the new version(s) too.
             backfilled = backfill_source(pipeline, src.name, partial(one.source_at, settings), progress)
             _ready_for_small_runs(pipeline)
@@ -187,7 +194,9 @@ def _ready_for_small_runs(pipeline: EmbeddedPipeline) -> None:
 @app.command()
 def watch(
     path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
-    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between rescans.")] = 1.0,
+    interval: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds between rescans.", callback=positive_seconds)
+    ] = 1.0,
     source: SourceNameOpt = "fs",
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
@@ -221,8 +230,11 @@ def _watch(fs: FsOptions, common: CommonOptions, interval: float, *, allow_mass_
     registry = CollectorRegistry()
     observer = PrometheusObserver(registry, settings.index.name)
     stop = threading.Event()
+    with store_owned_elsewhere(settings, "watch"):
+        opened = EmbeddedPipeline(settings, observer=observer)
     with (
-        EmbeddedPipeline(settings, observer=observer) as pipeline,
+        opened as pipeline,
+        dead_letters_reported_here(),
         serve_pipeline(pipeline, registry, settings.http.addr) as url,
         stop_on_signals(stop, settings.drain_timeout_s),
     ):
@@ -244,6 +256,7 @@ def search(
             "--limit",
             metavar="N",
             min=1,
+            max=MAX_K,
             envvar="EMBEDSTREAM_SEARCH_LIMIT",
             help="How many documents (a document counts once, by its best chunk).",
         ),
@@ -269,34 +282,11 @@ def search(
         raise typer.BadParameter("is empty: say what to look for", param_hint="QUERY")
     filters = parse_filters(filter_ or [])
     common = CommonOptions(config=config, state_dir=state_dir, index=index_name, model=model)
-    answer = run(lambda: _search(load_settings(common), query, k, filters))
+    answer = run(lambda: search_store(load_settings(common), query, k, filters))
     if as_json:
         print_json(answer.results)
         return
     print_results(answer)
-
-
-def _search(settings: Settings, query: str, k: int, filters: dict[str, str]) -> SearchAnswer:
-    """Answered by the running watcher when one owns the store, else by the store itself."""
-    from pipeline.runtime.adapters import make_encoder, open_store
-    from pipeline.runtime.models import VersionEncoders
-    from pipeline.runtime.serving import remote_search
-
-    encoder = make_encoder(settings)
-    remote = remote_search(settings, encoder.fingerprint, query, k, filters)
-    if remote is not None:
-        return remote
-    store = open_store(settings)
-    try:
-        version = live_version(store, settings.index.name)
-        if version is not None:  # the live version's own model: a promote or rollback applies at once
-            encoder = VersionEncoders(settings, encoder).for_version(version)
-        results = search_documents(store, version, encoder, query, k, filters)
-        documents = 0 if results else live_documents(store, version)
-    finally:
-        store.close()
-    empty = None if results else nothing_found(settings.index.name, documents, filters)
-    return SearchAnswer([r.as_json() for r in results], empty)
 
 
 @app.command()
@@ -308,27 +298,15 @@ def status(
 ) -> None:
     """Collections of the index, which one the alias serves, document and point counts."""
     common = CommonOptions(config=config, state_dir=state_dir, index=index_name)
-    result = run(lambda: _status(load_settings(common)))
+    settings = run(lambda: load_settings(common))
+    result = run(lambda: store_status(settings))
+    if missing := missing_state_dir(settings):
+        err.print(shown(missing))
     if as_json:
         print_json(result)
         return
-    print_status(result)
-
-
-def _status(settings: Settings) -> dict[str, Any]:
-    """Asked of the running watcher when one owns the store, else read from the store."""
-    from pipeline.runtime.adapters import open_store
-    from pipeline.runtime.embedded import index_status
-    from pipeline.runtime.serving import remote_status
-
-    remote = remote_status(settings)
-    if remote is not None:
-        return remote
-    store = open_store(settings)
-    try:
-        return index_status(store, settings.index.name)
-    finally:
-        store.close()
+    if not missing:
+        print_status(result)
 
 
 # Registered last by pipeline/cli/__init__.py: `embedstream --help` lists it after the others.

@@ -112,6 +112,13 @@ def flag(key: str, value: object, option: str) -> list[Override]:
     return [Override(key, value, f"flag {option}")]
 
 
+def positive_seconds(value: float) -> float:
+    """An ``--interval``'s callback: 0 or less would rescan without pause, burning a core."""
+    if value <= 0:
+        raise typer.BadParameter(f"{value:g} is not a number of seconds above 0")
+    return value
+
+
 def parse_filters(raw: list[str]) -> dict[str, str]:
     """``--filter KEY=VALUE`` options, each key once (all must hold)."""
     filters: dict[str, str] = {}

@@ -15,8 +15,6 @@ from typing import NoReturn
 from pipeline.cli.app import EXIT_DRAIN_TIMEOUT, EXIT_INTERRUPTED
 from pipeline.cli.render import err
 
-log = logging.getLogger("embedstream")
-
 _REDONE = "the uncommitted work in flight is done again after a restart"
 
 
@@ -55,8 +53,7 @@ def stop_on_signals(stop: threading.Event, drain_timeout_s: float) -> Iterator[N
 def exit_now(code: int, message: str) -> NoReturn:
     """Leave without unwinding: the thread doing the work may be stuck in a call that
     never returns. Nothing uncommitted is lost (at-least-once redelivery)."""
-    log.error(message)
-    err.print(f"[red]{message}[/]")
+    err.print(f"[red]{message}[/]")  # once: not also as a log line on the same stderr
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()

@@ -23,8 +23,9 @@ from connectors.kit.rejects import KafkaRejects, LocalRejects
 from connectors.kit.rows import RowFormat, unescape
 from pipeline.bus import Bus
 from pipeline.bus.dead_letters import LocalDeadLetters
+from pipeline.cli.source_checks import check_sql_url, checked_name, hidden, sqlite_mistake, state_dir_inside
 from pipeline.config.settings import Settings
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, RetryableError
 from pipeline.core.names import Topics
 from pipeline.sources import SourceBindings
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 _SQL = "SQL table (instead of PATH)"
 _ROWS = "Rows as documents (SQL, Debezium)"
 _JSONL = "JSON lines (instead of PATH)"
-SOURCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 ConnectorNameOpt = Annotated[
     str | None,
@@ -196,14 +196,6 @@ def _name_from(dotted: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", dotted.rpartition(".")[2])
 
 
-def checked_name(name: str) -> str:
-    if not SOURCE_NAME.fullmatch(name):
-        raise ConfigError(
-            f"--source {name!r}: use letters, digits, '.', '_' or '-' (it is half of every document key)"
-        )
-    return name
-
-
 @dataclass(frozen=True)
 class RowOptions:
     """How rows become documents: shared by the SQL and Debezium connectors."""
@@ -241,7 +233,7 @@ def fs_source(options: FsOptions, settings: Settings, home: Path) -> FilesystemS
         home / "checkpoints" / f"{options.name}.json",
         name=options.name,
         include=options.include or DEFAULT_INCLUDE,
-        exclude=[*DEFAULT_EXCLUDE, *(options.exclude or [])],
+        exclude=[*DEFAULT_EXCLUDE, *(options.exclude or []), *state_dir_inside(options.path, settings)],
         max_bytes=settings.limits.max_doc_bytes,
         follow_symlinks=options.follow_symlinks,
     )
@@ -276,18 +268,26 @@ def sql_source(options: SqlOptions, settings: Settings, home: Path) -> SqlSource
 
     if not options.version:
         raise ConfigError("--version is required: the cursor column (updated_at, or a monotonic id)")
+    check_sql_url(options.url)
     config = SqlTable(
         url=options.url, key=options.key, version=options.version, rows=options.rows.row_format("--sql-url"),
         table=options.table, query=options.query, lookback=options.lookback,
         key_diff_every_s=options.key_diff_every,
     )  # fmt: skip
     name = options.source_name
-    source = SqlSource(
-        config, home / "checkpoints" / f"{name}.sqlite", name=name, max_bytes=settings.limits.max_doc_bytes
-    )
+    try:
+        checkpoint = home / "checkpoints" / f"{name}.sqlite"
+        source = SqlSource(config, checkpoint, name=name, max_bytes=settings.limits.max_doc_bytes)
+    except ValueError as exc:  # SQLAlchemy's URL parser: a port that is not a number, ...
+        raise ConfigError(f"--sql-url {hidden(options.url)}: {exc} (is the port a number?)") from exc
     try:
         _ = source.relation  # columns checked now, not at the first row
         SourceBindings.of(home).bind(name, source.identity, rebind=options.rebind)
+    except RetryableError as exc:
+        source.close()
+        if mistake := sqlite_mistake(options.url, options.query, exc):
+            raise mistake from exc
+        raise
     except BaseException:
         source.close()
         raise

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args
 
 import typer
 
@@ -22,8 +22,11 @@ from pipeline.cli.render import (
     print_states,
     print_swap,
     print_versions,
+    warn_unjudged,
 )
 from pipeline.config.settings import Settings
+from pipeline.core.errors import ConfigError
+from pipeline.store import Datatype, Quantization
 from pipeline.versions.decide import VersionState
 from pipeline.versions.evaluation import EvalReport
 from pipeline.versions.gate import QuerySet
@@ -31,6 +34,7 @@ from pipeline.versions.spec import IndexVersion
 
 if TYPE_CHECKING:
     from pipeline.runtime.admin import Admin
+    from pipeline.versions.apply import Swap
 
 T = TypeVar("T")
 
@@ -66,6 +70,32 @@ def _admin(settings: Settings, *, kafka: bool | None = None) -> Iterator[Admin]:
         yield admin
 
 
+def _one_of(choices: tuple[str, ...]) -> Callable[[str | None], str | None]:
+    """An option's callback: its value is one of ``choices`` (else a usage error, exit 2)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _known_index(admin: Admin) -> None:
+    """The index has a version (in the store or, with Kafka, registered): a typo in INDEX
+    must not become a new index."""
+    from pipeline.runtime.admin import list_versions
+
+    if not list_versions(admin):
+        where = admin.settings.store.url or admin.settings.state_dir
+        msg = (
+            f"no index {admin.name!r} in {where}: `migrate start` builds a new version beside an "
+            f"existing index; check the name (and --state-dir), or create it with "
+            f"`embedstream index PATH --index {admin.name}`"
+        )
+        raise ConfigError(msg)
+
+
 @migrate_app.command("start")
 def migrate_start(
     index_arg: IndexArg = None,
@@ -76,9 +106,15 @@ def migrate_start(
     dims: Annotated[
         int | None, typer.Option(metavar="D", min=8, help="Matryoshka truncation (default: full or as live).")
     ] = None,
-    datatype: Annotated[str | None, typer.Option(metavar="TYPE", help="float32, float16 or uint8.")] = None,
+    datatype: Annotated[
+        str | None,
+        typer.Option(metavar="TYPE", help="float32, float16 or uint8.", callback=_one_of(get_args(Datatype))),
+    ] = None,
     quantization: Annotated[
-        str | None, typer.Option(metavar="KIND", help="none, int8, binary or product.")
+        str | None,
+        typer.Option(
+            metavar="KIND", help="none, int8, binary or product.", callback=_one_of(get_args(Quantization))
+        ),
     ] = None,
     reencode: Annotated[
         bool, typer.Option("--reencode", metavar="", help="Encode again even for the live version's model.")
@@ -92,6 +128,7 @@ def migrate_start(
     from pipeline.runtime.admin import StorageChoice, next_steps, start
 
     def begin(admin: Admin) -> tuple[IndexVersion, list[str]]:
+        _known_index(admin)
         spec = start(admin, StorageChoice(new_model, dims, datatype, quantization), reencode=reencode)
         return spec, next_steps(admin, spec)
 
@@ -103,7 +140,10 @@ def migrate_start(
 def migrate_status(
     index_arg: IndexArg = None,
     evaluate: Annotated[
-        bool, typer.Option("--eval/--no-eval", help="Score each version on index.eval_queries/eval_qrels.")
+        bool,
+        typer.Option(
+            "--eval/--no-eval", metavar="", help="Score each version on index.eval_queries/eval_qrels."
+        ),
     ] = True,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
@@ -119,6 +159,9 @@ def migrate_status(
 
     common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
     rows = _on_index(index_arg, common, rows_of)
+    for row in rows:
+        if row["eval"] is not None:
+            warn_unjudged(f"v{row['version']}", row["eval"]["queries"], row["eval"]["skipped"])
     if as_json:
         print_json(rows)
         return
@@ -178,10 +221,17 @@ def migrate_rollback(
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Move the alias back to the version the live one replaced: one atomic call."""
-    from pipeline.runtime.admin import rollback_version
+    from pipeline.runtime.admin import list_versions, rollback_version
+
+    def roll_back(admin: Admin) -> Swap:
+        known = [row["version"] for row in list_versions(admin)]
+        if to is not None and to > max(known, default=0):  # numbers only grow: never created
+            shown = ", ".join(str(n) for n in known) or "none"
+            raise ConfigError(f"index {admin.name!r} has no version {to} (versions: {shown})")
+        return rollback_version(admin, to)
 
     common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
-    swap = _on_index(index_arg, common, lambda admin: rollback_version(admin, to))
+    swap = _on_index(index_arg, common, roll_back)
     print_swap(swap, "rolled back to")
 
 
@@ -189,7 +239,8 @@ def migrate_rollback(
 def migrate_gc(
     index_arg: IndexArg = None,
     abandon: Annotated[
-        list[int] | None, typer.Option("--abandon", metavar="N", help="Also drop this never-live version.")
+        list[int] | None,
+        typer.Option("--abandon", metavar="N", min=1, help="Also drop this never-live version."),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="Only say what would go.")] = False,
     config: ConfigOpt = None,
@@ -252,6 +303,8 @@ def eval_index(
             return evaluate_versions(admin, numbers, QuerySet.load(queries, qrels))
 
     reports = run(action)
+    for report in reports:
+        warn_unjudged(report.label, report.queries, report.skipped)
     if as_json:
         print_json([asdict(r) for r in reports])
         return

@@ -98,6 +98,9 @@ class ChunkRef:
     text: str
 
 
+#: Metadata key of the delete the embed stage sends for a document it dead-letters (it must
+#: lose its old points): the reason. The sink then reports no outcome of its own for it.
+UNINDEXABLE = "unindexable"
 _MAGIC = b"ESV1"
 _HEADER_LEN = struct.Struct("<I")
 _WIRE_DTYPES = {"float32": "<f4", "float16": "<f2"}

@@ -8,6 +8,11 @@ import sys
 import time
 from typing import Any
 
+#: Third-party loggers kept at WARNING unless the level is DEBUG.
+LIBRARIES = (
+    "kafka", "httpx", "httpcore", "urllib3", "sentence_transformers", "transformers",
+    "huggingface_hub", "filelock", "qdrant_client", "sqlalchemy", "psycopg", "asyncio",
+)  # fmt: skip
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -45,5 +50,8 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("kafka", "httpx", "urllib3", "sentence_transformers", "transformers"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # Libraries speak at WARNING and above, unless asked for everything (DEBUG): without a
+    # broker, kafka-python alone logs a hundred INFO lines before the one that matters.
+    libraries = logging.DEBUG if logging.getLevelName(level) == logging.DEBUG else logging.WARNING
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(max(libraries, logging.getLevelName(level)))

@@ -38,10 +38,15 @@ class IndexSummary:
     seconds: float = 0.0
     skipped: dict[str, int] = field(default_factory=dict)
     dead_letters: list[dict[str, str]] = field(default_factory=list)
+    # Dead-lettered by the source itself, before any event (an invalid JSON line).
+    rejected: int = 0
+    # Documents the pass looked at: each is counted once above, as an outcome, a skip or a
+    # dead letter, so the counts add up to this.
+    seen: int = 0
 
     @property
     def changed_anything(self) -> bool:
-        return bool(self.added or self.changed or self.deleted or self.dead_letters)
+        return bool(self.added or self.changed or self.deleted or self.dead_letters or self.rejected)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -55,7 +60,8 @@ class IndexSummary:
             "chunks": {"encoded": self.encoded, "reused": self.reused},
             "seconds": round(self.seconds, 3),
             "skipped": self.skipped,
-            "dead_lettered": len(self.dead_letters),
+            "dead_lettered": len(self.dead_letters) + self.rejected,
+            "seen": self.seen,
         }
 
 
@@ -73,6 +79,9 @@ def index_source(
     not see (it costs one scan of the source's document states).
     """
     started = time.perf_counter()
+    if _first_index(pipeline):
+        # The model will be needed: load it while the source is read, chunked and hashed.
+        getattr(pipeline.encoder, "preload", lambda: None)()
     before = _snapshot(pipeline)
     tracker = ProgressTracker(progress, source.estimate() if progress else None)
     pipeline.progress.on_encoding = tracker.encoding
@@ -86,7 +95,21 @@ def index_source(
         )
     finally:
         pipeline.progress.on_encoding = None
-    return _summary(pipeline, before, result, time.perf_counter() - started)
+    summary = _summary(pipeline, before, result, time.perf_counter() - started)
+    # Never inside the pass: the small-call ONNX export is left to a background process.
+    getattr(pipeline.encoder, "after_pass", lambda: None)()
+    return summary
+
+
+def _first_index(pipeline: EmbeddedPipeline) -> bool:
+    """Whether the index being written holds no point yet (a first index: it will encode)."""
+    name = pipeline.settings.index.name
+    try:
+        collection = pipeline.store.get_alias(name)
+        return collection is None or pipeline.store.count(collection) == 0
+    except Exception:  # a store that cannot tell: no preload, the first encode loads
+        log.debug("could not tell whether %s is empty", name, exc_info=True)
+        return False
 
 
 def watch_source(
@@ -170,4 +193,8 @@ def _summary(
         seconds=seconds,
         skipped=dict(result.report.skipped),
         dead_letters=pipeline.dead_letters()[dead_before:],
+        seen=result.published
+        + result.deleted
+        + result.report.unchanged
+        + sum(result.report.skipped.values()),
     )

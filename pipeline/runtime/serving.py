@@ -30,7 +30,7 @@ from pipeline.core.errors import ConfigError, EmbedstreamError, StoreLocked, Sto
 from pipeline.core.files import atomic_write
 from pipeline.observability.http import DaemonServer, Reply, bearer, is_loopback, split_addr
 from pipeline.runtime.embedded import EmbeddedPipeline
-from pipeline.versions.search import SearchAnswer, live_documents, nothing_found
+from pipeline.versions.search import MAX_K, SearchAnswer, live_documents, nothing_found
 from pipeline.versions.spec import live_version
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,8 @@ def _search(pipeline: EmbeddedPipeline, identity: Identity, body: Mapping[str, A
     query, k, filters = body.get("query"), body.get("k", 10), body.get("filters") or {}
     if not isinstance(query, str) or not query.strip():
         return Reply(400, {"error": "the query is empty"})
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        return Reply(400, {"error": f"k must be a positive integer, got {k!r}"})
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        return Reply(400, {"error": f"k must be an integer from 1 to {MAX_K}, got {k!r}"})
     if not isinstance(filters, dict) or not all(isinstance(v, str) for v in filters.values()):
         return Reply(400, {"error": "filters must map keys to strings"})
     if refused := _refusal(identity, body, model=True):

@@ -24,7 +24,7 @@ from pipeline.bus.dead_letters import dead_letter
 from pipeline.config.settings import LimitsSettings
 from pipeline.core.chunking import Chunk, Chunker
 from pipeline.core.errors import DocumentTooLarge, EmptyDocument, InvalidEvent, InvalidVectors, PoisonError
-from pipeline.core.events import ChangeEvent, ChunkRef, VectorsEvent
+from pipeline.core.events import UNINDEXABLE, ChangeEvent, ChunkRef, VectorsEvent
 from pipeline.core.faults import crash_point
 from pipeline.core.hashing import is_utf8, normalize_text, sha256_hex
 from pipeline.core.planner import chunk_point_ids, plan_encode
@@ -194,7 +194,7 @@ class EmbedStage:
             version=event.version,
             content_hash="",
             fingerprint=self._encoder.fingerprint,
-            metadata={},
+            metadata={UNINDEXABLE: error.reason},
             emitted_at=event.emitted_at,
         )
         self._observer.event_out(self.name, "delete")

@@ -22,7 +22,7 @@ from pipeline.bus import Outgoing, Record
 from pipeline.bus.dead_letters import dead_letter
 from pipeline.config.settings import IndexSettings
 from pipeline.core.errors import ForeignModel, InvalidVectors, PoisonError, StoreRejected
-from pipeline.core.events import VectorsEvent
+from pipeline.core.events import UNINDEXABLE, VectorsEvent
 from pipeline.core.faults import crash_point
 from pipeline.core.planner import DocState, Incoming, Outcome, Write, WritePlan, metadata_hash, plan_batch
 from pipeline.observability import Observer
@@ -166,7 +166,8 @@ class SinkStage:
         crash_point("sink.after_flush")
         # Reported once durable: a batch that failed and is retried (or split) counts once.
         for event, outcome in zip(events, batch.outcomes, strict=True):
-            self._observer.doc_outcome(outcome)
+            if UNINDEXABLE not in event.metadata:  # its dead letter is what happened to it
+                self._observer.doc_outcome(outcome)
             if outcome is Outcome.STALE:
                 log.info("ignored stale %s v%d: the index reflects a newer version", event.key, event.version)
         self._observer.upserted(time.perf_counter() - started, len(points), deleted)

@@ -28,6 +28,9 @@ TOP_LEVEL_FIELDS = frozenset({"doc_id", "source", DOC_KEY})
 # A filter value that reads as an integer is also tried as one; each such key doubles the
 # searches (the engine matches a keyword and an integer only separately), so cap them.
 MAX_INTEGER_FILTERS = 3
+#: The most documents one search returns (``-k``): the engine counts hits in 64 bits, and
+#: FIRST_HITS_PER_DOCUMENT times more chunk hits are asked for.
+MAX_K = 10_000
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,13 @@ class SearchResult:
     metadata: dict[str, Any]
 
     def as_json(self) -> dict[str, Any]:
-        return {"doc_id": self.doc_id, "score": self.score, "text": self.text, "metadata": self.metadata}
+        return {
+            "doc_id": self.doc_id,
+            "source": self.source,
+            "score": self.score,
+            "text": self.text,
+            "metadata": self.metadata,
+        }
 
 
 @dataclass(frozen=True)
@@ -66,8 +75,8 @@ def search_documents(
     """
     if not query.strip():
         raise ValueError("the query is empty")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    if not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be from 1 to {MAX_K}, got {k}")
     if version is None:
         return []
     check_model(version, encoder)

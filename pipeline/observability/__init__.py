@@ -3,6 +3,10 @@
 Stages call an :class:`Observer`; they never touch Prometheus or loggers for metrics.
 :class:`RunStats` counts a single run for the CLI summary, the Prometheus implementation
 lives in :mod:`pipeline.observability.prometheus`, and :class:`Observers` fans out to several.
+
+An observer that labels its figures by index version has a ``for_version(n)`` method
+(:class:`VersionedObserver`); :func:`for_version` binds any observer to a version, leaving
+those without one as they are, so the runtime binds each lane's observers in one call.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Observer(Protocol):
@@ -27,6 +31,20 @@ class Observer(Protocol):
     def committed(self, stage: str) -> None: ...
     def lag(self, stage: str, topic: str, partition: int, lag: int) -> None: ...
     def reconciled(self, source: str, deleted: int) -> None: ...
+
+
+@runtime_checkable
+class VersionedObserver(Observer, Protocol):
+    """An observer whose figures carry the index version they belong to."""
+
+    def for_version(self, version: int) -> Observer: ...
+
+
+def for_version(observer: Observer, version: int) -> Observer:
+    """``observer`` bound to index version ``version`` where it labels figures by version
+    (the Prometheus one, :class:`Observers` holding one); any other observer unchanged."""
+    bind = getattr(observer, "for_version", None)
+    return bind(version) if callable(bind) else observer
 
 
 class NullObserver:
@@ -109,6 +127,10 @@ class Observers(NullObserver):
 
     def __init__(self, *members: Observer) -> None:
         self._members = members
+
+    def for_version(self, version: int) -> Observers:
+        """Every member bound to ``version`` (see :func:`for_version`)."""
+        return Observers(*(for_version(m, version) for m in self._members))
 
     def event_in(self, stage: str, op: str) -> None:
         for m in self._members:

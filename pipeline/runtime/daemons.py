@@ -65,11 +65,14 @@ def _readiness(health: Health, checks: Sequence[Check]) -> tuple[bool, str]:
 
 
 @contextmanager
-def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[DaemonContext]:
-    """Runtime, Kafka bus, metrics registry and HTTP endpoint around one daemon's lifetime."""
+def daemon(
+    settings: Settings, stop: threading.Event, name: str, version: int | None = None
+) -> Iterator[DaemonContext]:
+    """Runtime, Kafka bus, metrics registry and HTTP endpoint around one daemon's lifetime;
+    ``version`` (embed, sink) labels its series ``index_version``, the source's have none."""
     registry = CollectorRegistry()
     health = Health()
-    runtime = Runtime(settings, PrometheusObserver(registry, settings.index.name))
+    runtime = Runtime(settings, PrometheusObserver(registry, settings.index.name, version))
     bus = runtime.kafka_bus(f"embedstream-{name}", DAEMON_TIMEOUTS)
     checks: list[Check] = []
     try:
@@ -87,7 +90,7 @@ def daemon(settings: Settings, stop: threading.Event, name: str) -> Iterator[Dae
 
 def run_embed(settings: Settings, version: int, stop: threading.Event) -> None:
     check_index_dims(settings)
-    with daemon(settings, stop, "embed") as ctx:
+    with daemon(settings, stop, "embed", version) as ctx:
         runtime, bus = ctx.runtime, ctx.bus
         call_with_retry(lambda: bus.ensure_topics(runtime.topic_specs(version)), ctx.stop, ctx.health)
         # The version's registered model and chunker, or exit 3 pointing at `migrate`.
@@ -96,7 +99,7 @@ def run_embed(settings: Settings, version: int, stop: threading.Event) -> None:
 
 
 def run_sink(settings: Settings, version: int, stop: threading.Event) -> None:
-    with daemon(settings, stop, "sink") as ctx:
+    with daemon(settings, stop, "sink", version) as ctx:
         runtime, bus, name = ctx.runtime, ctx.bus, settings.index.name
         call_with_retry(lambda: bus.ensure_topics(runtime.topic_specs(version)), ctx.stop, ctx.health)
         registered = call_with_retry(lambda: read_versions(bus, runtime.topics, name), ctx.stop, ctx.health)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from pipeline.core.planner import Outcome
-from pipeline.observability import Observers, RunStats
+from pipeline.observability import Observers, RunStats, for_version
 from pipeline.observability.prometheus import PrometheusObserver
 
 
@@ -19,11 +19,12 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def obs(registry: CollectorRegistry) -> PrometheusObserver:
-    return PrometheusObserver(registry, index="docs")
+    return PrometheusObserver(registry, index="docs", version=2)
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
-    return registry.get_sample_value(name, labels)
+    """The sample of ``obs`` (``index_version="docs@v2"`` unless ``labels`` say otherwise)."""
+    return registry.get_sample_value(name, {"index_version": "docs@v2", **labels})
 
 
 def test_chunks_updates_cache_and_encode_counters(
@@ -127,8 +128,9 @@ def test_two_observers_in_fresh_registries_do_not_collide() -> None:
     a, b = CollectorRegistry(), CollectorRegistry()
     PrometheusObserver(a, "one").doc_outcome("added")
     PrometheusObserver(b, "two").doc_outcome("added")
-    assert a.get_sample_value("embedstream_documents_total", {"index": "one", "outcome": "added"}) == 1
-    assert a.get_sample_value("embedstream_documents_total", {"index": "two", "outcome": "added"}) is None
+    one = {"index": "one", "outcome": "added", "index_version": ""}
+    assert a.get_sample_value("embedstream_documents_total", one) == 1
+    assert a.get_sample_value("embedstream_documents_total", {**one, "index": "two"}) is None
     with pytest.raises(ValueError):
         PrometheusObserver(a, "again")
 
@@ -150,3 +152,73 @@ def test_observers_fan_out_to_every_member(registry: CollectorRegistry, obs: Pro
     assert value(registry, "embedstream_chunk_cache_hits_total") == 6
     assert value(registry, "embedstream_documents_total", index="docs", outcome="changed") == 1
     assert value(registry, "embedstream_points_deleted_total", index="docs") == 1
+
+
+def test_every_per_version_series_carries_index_version(
+    registry: CollectorRegistry, obs: PrometheusObserver
+) -> None:
+    """Each call of a bound observer lands in series labelled index_version="docs@v2";
+    only the source-level reconcile counters have no such label."""
+    obs.event_in("embed", "upsert")
+    obs.event_out("embed", "upsert")
+    obs.dead_lettered("sink", "too_large")
+    obs.error("sink", "store_unavailable")
+    obs.doc_outcome("added")
+    obs.chunks(1, 1, 10)
+    obs.encode_batch(0.1)
+    obs.upserted(0.1, 1, 1)
+    obs.freshness("sink", [1.0])
+    obs.committed("sink")
+    obs.lag("sink", "es.vectors.docs-v2", 0, 5)
+    obs.reconciled("files", 1)
+    unlabelled = {"embedstream_reconcile_passes", "embedstream_reconcile_deleted_documents"}
+    seen = 0
+    for family in registry.collect():
+        for sample in family.samples:
+            if family.name in unlabelled:
+                assert "index_version" not in sample.labels, sample
+            else:
+                assert sample.labels.get("index_version") == "docs@v2", sample
+                seen += 1
+    assert seen
+
+
+def test_for_version_shares_the_families_and_separates_the_series(registry: CollectorRegistry) -> None:
+    """One registry serves every version: for_version registers nothing new, and each
+    version's figures stay apart (a migration feeding v1 and v2 side by side)."""
+    base = PrometheusObserver(registry, "docs")
+    v1, v2 = base.for_version(1), base.for_version(2)
+    assert (base.index_version, v1.index_version, v2.index_version) == ("", "docs@v1", "docs@v2")
+    v1.upserted(0.1, 3, 0)
+    v2.upserted(0.1, 5, 0)
+    v2.lag("embed", "es.changes", 0, 7)
+    v1.lag("embed", "es.changes", 0, 2)
+    base.event_out("source", "upsert")  # the source daemon: no single version owns it
+    for label, points in (("docs@v1", 3), ("docs@v2", 5)):
+        upserted = value(registry, "embedstream_points_upserted_total", index="docs", index_version=label)
+        assert upserted == points
+    lag = {"stage": "embed", "topic": "es.changes", "partition": "0"}
+    assert value(registry, "embedstream_consumer_lag", index_version="docs@v1", **lag) == 2
+    assert value(registry, "embedstream_consumer_lag", index_version="docs@v2", **lag) == 7
+    assert value(registry, "embedstream_events_out_total", stage="source", op="upsert", index_version="") == 1
+
+
+def test_for_version_binds_observers_that_label_by_version() -> None:
+    """for_version binds a Prometheus observer, every member of Observers, and leaves the
+    others (RunStats) as they are."""
+    registry = CollectorRegistry()
+    stats = RunStats()
+    bound = for_version(Observers(stats, PrometheusObserver(registry, "docs")), 3)
+    bound.upserted(0.1, 4, 0)
+    assert stats.points_upserted == 4
+    assert for_version(stats, 3) is stats
+    labels = {"index": "docs", "index_version": "docs@v3"}
+    assert registry.get_sample_value("embedstream_points_upserted_total", labels) == 4
+
+
+def test_text_exposition_labels_versions() -> None:
+    """The /metrics text shows index_version on a bound observer's series."""
+    registry = CollectorRegistry()
+    PrometheusObserver(registry, "docs", 1).upserted(0.1, 2, 0)
+    text = generate_latest(registry).decode()
+    assert 'embedstream_points_upserted_total{index="docs",index_version="docs@v1"} 2.0' in text

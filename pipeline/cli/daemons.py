@@ -21,6 +21,7 @@ from pipeline.cli.options import (
     HttpOpt,
     IndexOpt,
     ModelOpt,
+    RescanOpt,
     StateOpt,
     positive_seconds,
 )
@@ -114,9 +115,7 @@ def topics_create(
 @source_app.command("fs")
 def source_fs(
     path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
-    interval: Annotated[
-        float, typer.Option(metavar="SECONDS", help="Seconds between rescans.", callback=positive_seconds)
-    ] = 2.0,
+    interval: RescanOpt = 2.0,
     source: SourceNameOpt = "fs",
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,

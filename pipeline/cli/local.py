@@ -28,9 +28,9 @@ from pipeline.cli.options import (
     JsonOpt,
     MassDeleteOpt,
     ModelOpt,
+    RescanOpt,
     StateOpt,
     parse_filters,
-    positive_seconds,
 )
 from pipeline.cli.render import (
     err,
@@ -194,9 +194,7 @@ def _ready_for_small_runs(pipeline: EmbeddedPipeline) -> None:
 @app.command()
 def watch(
     path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
-    interval: Annotated[
-        float, typer.Option(metavar="SECONDS", help="Seconds between rescans.", callback=positive_seconds)
-    ] = 1.0,
+    interval: RescanOpt = 1.0,
     source: SourceNameOpt = "fs",
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,

@@ -119,6 +119,12 @@ def positive_seconds(value: float) -> float:
     return value
 
 
+#: The pause between two passes over a folder (watch, source fs).
+RescanOpt = Annotated[
+    float, typer.Option(metavar="SECONDS", help="Seconds between rescans.", callback=positive_seconds)
+]
+
+
 def parse_filters(raw: list[str]) -> dict[str, str]:
     """``--filter KEY=VALUE`` options, each key once (all must hold)."""
     filters: dict[str, str] = {}

@@ -76,7 +76,9 @@ class Runtime:
     @property
     def cache(self) -> EmbeddingCache:
         if self._cache is None:
-            self._cache = open_cache(self.settings)
+            self._cache = open_cache(
+                self.settings, on_failure=lambda kind: self.observer.error("embed", kind)
+            )
             self._owned.append(self._cache)
         return self._cache
 

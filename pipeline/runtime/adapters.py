@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from pipeline.config.settings import Settings
 from pipeline.core.chunking import Chunker, ChunkerConfig
 from pipeline.core.errors import ConfigError
 from pipeline.encoding import Encoder
-from pipeline.encoding.cache import SqliteEmbeddingCache
+from pipeline.encoding.cache import EmbeddingCache, SqliteEmbeddingCache
+from pipeline.encoding.shared_cache import CachePoint, SharedEmbeddingCache, TieredEmbeddingCache
 from pipeline.encoding.transformer import SentenceTransformerEncoder
 from pipeline.runtime.topology import Topology
-from pipeline.store import VectorStore
+from pipeline.store import PointWrite, VectorStore
 
 if TYPE_CHECKING:
     from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
+    from pipeline.store.server import ServerStore
 
 DEFAULT_CHUNK_TOKENS = 200
 
@@ -75,5 +78,43 @@ def make_chunker(encoder: Encoder, settings: Settings) -> Chunker:
     return Chunker(encoder, config)
 
 
-def open_cache(settings: Settings) -> SqliteEmbeddingCache:
-    return SqliteEmbeddingCache(settings.cache_path)
+def open_cache(settings: Settings, on_failure: Callable[[str], None] | None = None) -> EmbeddingCache:
+    """The host's SQLite cache; with ``cache.shared``, in front of the cache every host shares
+    in the Qdrant server of ``store.url`` (``on_failure(kind)`` hears its failures)."""
+    local = SqliteEmbeddingCache(settings.cache_path)
+    if not settings.cache.shared:
+        return local
+    if not settings.store.url:
+        local.close()
+        msg = (
+            "cache.shared=true needs store.url: the shared embedding cache lives in the Qdrant "
+            "server every host uses; set store.url (EMBEDSTREAM_STORE__URL), or unset cache.shared"
+        )
+        raise ConfigError(msg)
+    from pipeline.store.server import ServerStore
+
+    collections = _ServerCacheCollections(ServerStore.from_settings(settings.store))
+    shared = SharedEmbeddingCache(collections, settings.cache.collection_prefix)
+    return TieredEmbeddingCache(local, shared, on_failure=on_failure)
+
+
+class _ServerCacheCollections:
+    """The shared embedding cache's :class:`CacheCollections` on the Qdrant server adapter."""
+
+    def __init__(self, store: ServerStore) -> None:
+        self._store = store
+
+    def names(self) -> list[str]:
+        return self._store.collections()
+
+    def create(self, name: str, dims: int) -> None:
+        self._store.create_cache_collection(name, dims)
+
+    def write(self, name: str, points: Mapping[str, CachePoint]) -> None:
+        self._store.upsert(name, [PointWrite(i, vector, payload) for i, (vector, payload) in points.items()])
+
+    def read(self, name: str, ids: Sequence[str]) -> dict[str, CachePoint]:
+        return self._store.retrieve_points(name, ids)
+
+    def close(self) -> None:
+        self._store.close()

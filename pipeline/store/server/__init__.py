@@ -195,6 +195,49 @@ class ServerStore:
                 "another deployment uses this name: change index.name or create a new version"
             )
 
+    def create_cache_collection(self, name: str, dims: int) -> None:
+        """Create the embedding cache's collection ``name`` if missing (idempotent, and a 409
+        from a host that created it first is success): vectors of ``dims`` float32 kept exactly
+        as written (dot product: Qdrant rescales vectors only for cosine), on disk, with no
+        HNSW graph, since the cache is only ever read by point id.
+
+        An existing collection of another size or distance is a ConfigError (another
+        deployment uses the name).
+        """
+        vectors = qm.VectorParams(
+            size=dims, distance=qm.Distance.DOT, datatype=qm.Datatype.FLOAT32, on_disk=True
+        )
+        if not self._call(self._client.collection_exists, name):
+            with contextlib.suppress(Conflict):
+                self._call(
+                    self._client.create_collection,
+                    name,
+                    vectors_config=vectors,
+                    hnsw_config=qm.HnswConfigDiff(m=0),
+                    shard_number=self._layout.shard_number,
+                    replication_factor=self._layout.replication_factor,
+                    write_consistency_factor=self._layout.write_consistency_factor,
+                )
+        existing = self._call(self._client.get_collection, name).config.params.vectors
+        size, distance = getattr(existing, "size", None), getattr(existing, "distance", None)
+        if size != dims or distance != qm.Distance.DOT:
+            raise ConfigError(
+                f"Qdrant collection {name} exists with {size} dims and {distance} distance, not an "
+                f"embedding cache of {dims} dims (dot): another deployment uses this name; "
+                "change cache.collection_prefix"
+            )
+
+    def retrieve_points(self, name: str, ids: Sequence[str]) -> dict[str, tuple[list[float], dict[str, Any]]]:
+        """Vector and payload of each of ``ids`` that exists, in one request."""
+        if not ids:
+            return {}
+        records = self._call(self._client.retrieve, name, ids=list(ids), with_payload=True, with_vectors=True)
+        return {
+            str(r.id): ([float(x) for x in r.vector], dict(r.payload or {}))  # type: ignore[arg-type]
+            for r in records
+            if isinstance(r.vector, list)
+        }
+
     def drop_collection(self, name: str) -> None:
         self._call(self._client.delete_collection, name)
 

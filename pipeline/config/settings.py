@@ -81,7 +81,11 @@ class ChunkingSettings(BaseModel):
 
 
 class LimitsSettings(BaseModel):
-    max_doc_bytes: int = Field(2_000_000, ge=1, description="Larger documents go to the DLQ")
+    max_doc_bytes: int = Field(
+        2_000_000,
+        ge=1,
+        description="Larger documents are not indexed: files are skipped (too_large), events dead-lettered",
+    )
     max_chunks_per_doc: int = Field(300, ge=1, description="More chunks go to the DLQ")
 
 

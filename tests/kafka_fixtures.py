@@ -106,6 +106,24 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory, kafka_pki: KafkaPki) 
         broker.stop()
 
 
+@pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A started 3-node ``KafkaCluster`` (each node broker and controller) owned by this module.
+
+    Kill and restart its nodes at will; every node still running is stopped by pid at the
+    end of the module. It ignores ``EMBEDSTREAM_KAFKA_BOOTSTRAP``: an external cluster's
+    nodes are not the test's to kill.
+    """
+    if not any(KAFKA_LIBS.glob("kafka_2.13-*.jar")):
+        pytest.fail(f"no Kafka jars in {KAFKA_LIBS}: run `make kafka-jars`")
+    cluster = _broker_module().KafkaCluster(KAFKA_LIBS, tmp_path_factory.mktemp("kafka-cluster"), size=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
     """The broker address: ``$EMBEDSTREAM_KAFKA_BOOTSTRAP``, else the session broker's."""

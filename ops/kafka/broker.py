@@ -48,13 +48,13 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Self
 
-__all__ = ["SECURE_LISTENERS", "BrokerSecurity", "KafkaBroker", "main"]
+__all__ = ["SECURE_LISTENERS", "BrokerSecurity", "KafkaBroker", "KafkaCluster", "main"]
 
 #: Broker entry point (Scala object in kafka_2.13; unchanged across Kafka 4.x).
 KAFKA_MAIN_CLASS = "kafka.Kafka"
@@ -244,17 +244,33 @@ class KafkaBroker:
         *,
         properties: Mapping[str, str] | None = None,
         security: BrokerSecurity | None = None,
+        node_id: int = 1,
+        controller_port: int | None = None,
+        quorum_voters: str | None = None,
+        cluster_id: str | None = None,
+        heap_opts: str | None = None,
     ) -> None:
         """Prepare (not start) a broker.
 
         ``properties`` overrides or extends the generated ``server.properties``
         (e.g. retention settings for one test). ``security`` adds the secured
         listeners of :data:`SECURE_LISTENERS`, each on its own port.
+
+        ``node_id``, ``controller_port``, ``quorum_voters`` (``id@host:port,...``) and
+        ``cluster_id`` make this one node of a multi-node quorum (:class:`KafkaCluster`
+        sets them); left out, the broker is a quorum of one. ``heap_opts`` replaces
+        :data:`DEFAULT_HEAP_OPTS` (``$KAFKA_HEAP_OPTS`` still wins).
         """
         self.libs_dir = Path(libs_dir).resolve()
         self.work_dir = Path(work_dir).resolve()
         self.port = port if port is not None else _pick_free_port(set())
-        self.controller_port = _pick_free_port({self.port})
+        self.controller_port = (
+            controller_port if controller_port is not None else _pick_free_port({self.port})
+        )
+        self.node_id = node_id
+        self.quorum_voters = quorum_voters or f"{node_id}@127.0.0.1:{self.controller_port}"
+        self.cluster_id = cluster_id
+        self._heap_default = heap_opts or DEFAULT_HEAP_OPTS
         self.security = security
         self.secure_ports: dict[str, int] = {}
         if security is not None:
@@ -300,6 +316,11 @@ class KafkaBroker:
         """Whether the broker JVM is alive (not necessarily ready)."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the broker JVM while it runs (it leads its own session)."""
+        return self._proc.pid if self.is_running() and self._proc is not None else None
+
     def start(self, timeout_s: float = 120) -> None:
         """Start the broker and return once clients can use it.
 
@@ -310,6 +331,11 @@ class KafkaBroker:
         """
         if self.is_running():
             return
+        log_offset = self.launch()
+        self.wait_ready(timeout_s, log_offset)
+
+    def prepare(self) -> None:
+        """Write the config and format the storage (first time only); start nothing."""
         self._check_libs()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -317,6 +343,15 @@ class KafkaBroker:
         if not (self.data_dir / "meta.properties").exists():
             self._format_storage()
 
+    def launch(self) -> int:
+        """Start the JVM without waiting for it; return the log offset for :meth:`wait_ready`.
+
+        The nodes of a multi-node quorum must be launched together: none is ready
+        before a majority of the controllers runs.
+        """
+        if self.is_running():
+            return self.log_file.stat().st_size if self.log_file.exists() else 0
+        self.prepare()
         log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         self._log_handle = self.log_file.open("ab")
         self._log_handle.write(f"\n=== broker.py: starting broker on {self.bootstrap} ===\n".encode())
@@ -330,6 +365,10 @@ class KafkaBroker:
             start_new_session=True,
         )
         _LIVE_BROKERS.add(self)
+        return log_offset
+
+    def wait_ready(self, timeout_s: float, log_offset: int = 0) -> None:
+        """Wait until the launched broker serves clients; kill it and raise if it does not."""
         try:
             self._wait_ready(timeout_s, log_offset)
         except BaseException:
@@ -433,10 +472,10 @@ class KafkaBroker:
     def _server_properties(self) -> dict[str, str]:
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
+            "node.id": str(self.node_id),
             # Static voter set (not --standalone/dynamic quorum): the controller
-            # endpoint is then only in this file, never in the metadata log.
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            # endpoints are then only in this file, never in the metadata log.
+            "controller.quorum.voters": self.quorum_voters,
             **self._listener_properties(),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -477,9 +516,8 @@ class KafkaBroker:
         self.properties_file.write_text(body, encoding="utf-8")
         (self.work_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES, encoding="utf-8")
 
-    @staticmethod
-    def _heap_opts() -> list[str]:
-        return (os.environ.get("KAFKA_HEAP_OPTS") or DEFAULT_HEAP_OPTS).split()
+    def _heap_opts(self) -> list[str]:
+        return (os.environ.get("KAFKA_HEAP_OPTS") or self._heap_default).split()
 
     def _java_command(self, main_class: str, *args: str, heap: list[str]) -> list[str]:
         return [
@@ -499,7 +537,7 @@ class KafkaBroker:
         cmd = self._java_command(
             STORAGE_TOOL_CLASS,
             "format",
-            f"--cluster-id={_random_cluster_id()}",
+            f"--cluster-id={self.cluster_id or _random_cluster_id()}",
             f"--config={self.properties_file}",
             *(self.security.format_args() if self.security is not None else []),
             heap=["-Xmx256m"],
@@ -578,6 +616,205 @@ class KafkaBroker:
                     self._with_log_tail(f"Kafka broker on {self.bootstrap} not ready after {timeout_s:.0f}s")
                 )
             time.sleep(0.2)
+
+
+#: Heap of each node of a :class:`KafkaCluster`: three JVMs share a small CI machine.
+CLUSTER_HEAP_OPTS = "-Xms64m -Xmx256m"
+
+
+class KafkaCluster:
+    """``size`` KRaft nodes on 127.0.0.1, each ``process.roles=broker,controller``.
+
+    The nodes share one cluster id and one static voter set (``controller.quorum.voters``
+    lists every node), so the metadata quorum has ``size`` voters and survives losing
+    a minority. Each node has its own client and controller ports (chosen once) and its
+    own work dir ``work_dir/node-<id>``; :meth:`kill` (SIGKILL) and :meth:`restart` of one
+    node keep both, so it rejoins as the same broker. Internal topics are replicated on
+    min(size, 3) nodes; topics' ``min.insync.replicas`` is left at the broker default (1)
+    so that the client's topic settings decide it.
+
+    Library use::
+
+        with KafkaCluster(libs_dir, tmp_path / "cluster") as cluster:
+            admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+            cluster.kill(cluster.active_controller())
+            cluster.restart(...)
+    """
+
+    def __init__(
+        self,
+        libs_dir: Path,
+        work_dir: Path,
+        size: int = 3,
+        *,
+        properties: Mapping[str, str] | None = None,
+        heap_opts: str = CLUSTER_HEAP_OPTS,
+    ) -> None:
+        """Prepare (not start) ``size`` nodes with ids 1..size."""
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.work_dir = Path(work_dir).resolve()
+        self.cluster_id = _random_cluster_id()
+        taken: set[int] = set()
+        ports: dict[int, tuple[int, int]] = {}
+        for node_id in range(1, size + 1):
+            client = _pick_free_port(taken)
+            taken.add(client)
+            controller = _pick_free_port(taken)
+            taken.add(controller)
+            ports[node_id] = (client, controller)
+        voters = ",".join(f"{node_id}@127.0.0.1:{ctl}" for node_id, (_, ctl) in ports.items())
+        replicas = str(min(size, 3))
+        min_isr = str(min(size, 2))
+        props = {
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
+            "default.replication.factor": replicas,
+            **(properties or {}),
+        }
+        self.nodes: dict[int, KafkaBroker] = {
+            node_id: KafkaBroker(
+                libs_dir,
+                self.work_dir / f"node-{node_id}",
+                client,
+                properties=props,
+                node_id=node_id,
+                controller_port=controller,
+                quorum_voters=voters,
+                cluster_id=self.cluster_id,
+                heap_opts=heap_opts,
+            )
+            for node_id, (client, controller) in ports.items()
+        }
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's address, comma-separated: clients survive any node being down."""
+        return ",".join(node.bootstrap for node in self.nodes.values())
+
+    def node(self, node_id: int) -> KafkaBroker:
+        """The node with ``node_id`` (1..size)."""
+        return self.nodes[node_id]
+
+    def running(self) -> list[int]:
+        """Ids of the nodes whose JVM is alive."""
+        return [node_id for node_id, node in self.nodes.items() if node.is_running()]
+
+    def start(self, timeout_s: float = 180) -> None:
+        """Start every node that is not running, together, and wait until each serves clients."""
+        pending = {node_id: node for node_id, node in self.nodes.items() if not node.is_running()}
+        try:
+            for node in pending.values():
+                node.prepare()  # formatting runs a JVM each: one at a time on small machines
+            offsets = {node_id: node.launch() for node_id, node in pending.items()}
+            deadline = time.monotonic() + timeout_s
+            for node_id, node in pending.items():
+                node.wait_ready(max(deadline - time.monotonic(), 1.0), offsets[node_id])
+        except BaseException:
+            self.kill_all()
+            raise
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node: a crash, no controlled shutdown; its ports and data stay."""
+        self.nodes[node_id].kill()
+
+    def restart(self, node_id: int, timeout_s: float = 120) -> None:
+        """Start a stopped or killed node again on the same ports and data; wait until ready."""
+        self.nodes[node_id].restart(timeout_s)
+
+    def stop(self, timeout_s: float = 20) -> None:
+        """SIGTERM every node at once, SIGKILL what still runs after ``timeout_s``.
+
+        One at a time would be slower: the last nodes' controlled shutdown waits
+        for a controller quorum that is already gone.
+        """
+        for node in self.nodes.values():
+            pid = node.pid
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes.values():
+            node.stop(timeout_s=max(deadline - time.monotonic(), 0.1))
+
+    def kill_all(self) -> None:
+        """SIGKILL every node."""
+        for node in self.nodes.values():
+            node.kill()
+
+    # -- who leads what (needs kafka-python) --------------------------------
+
+    def _admin(self) -> Any:
+        admin_mod: Any = importlib.import_module("kafka.admin")
+        alive = [self.nodes[node_id].bootstrap for node_id in self.running()]
+        if not alive:
+            raise RuntimeError("no node of the cluster is running")
+        return admin_mod.KafkaAdminClient(
+            bootstrap_servers=alive, client_id="embedstream-cluster-probe", request_timeout_ms=10_000
+        )
+
+    def _probe(self, ask: Callable[[Any], Any], timeout_s: float = 30) -> Any:
+        """``ask(admin)`` on a fresh admin client, again on errors: right after a kill the
+        cluster's metadata still names the dead node, and a request may go to it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            admin: Any = None
+            try:
+                admin = self._admin()
+                return ask(admin)
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+            finally:
+                if admin is not None:
+                    with contextlib.suppress(Exception):
+                        admin.close()
+
+    def partitions(self, topic: str) -> dict[int, dict[str, Any]]:
+        """Partition -> ``{"leader": id, "replicas": [ids], "isr": [ids]}`` as the cluster reports it."""
+        described = self._probe(lambda admin: admin.describe_topics([topic]))
+        found: dict[int, dict[str, Any]] = {}
+        for entry in described:
+            if entry.get("name") != topic:
+                continue
+            for partition in entry.get("partitions", []):
+                found[int(partition["partition_index"])] = {
+                    "leader": int(partition["leader_id"]),
+                    "replicas": sorted(int(n) for n in partition.get("replica_nodes", [])),
+                    "isr": sorted(int(n) for n in partition.get("isr_nodes", [])),
+                }
+        return found
+
+    def active_controller(self) -> int:
+        """Node id of the KRaft metadata quorum's leader (the active controller).
+
+        From DescribeQuorum on ``__cluster_metadata`` (a broker forwards it to the
+        controllers); -1 while an election is under way.
+        """
+        quorum = self._probe(lambda admin: admin.describe_metadata_quorum())
+        return int(quorum["topics"][0]["partitions"][0]["leader_id"])
+
+    def __enter__(self) -> Self:
+        """Start every node for a ``with`` block."""
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop every node at the end of a ``with`` block."""
+        self.stop()
+
+    def __repr__(self) -> str:
+        """Show the nodes and which run."""
+        return f"KafkaCluster({self.bootstrap}, running={self.running()})"
 
 
 def _default_libs_dir() -> Path:

@@ -41,6 +41,8 @@ class TopicSpec:
     partitions: int
     replication: int = 1
     compacted: bool = True
+    #: Replicas that must hold a write before acks=all succeeds; None: the broker's default.
+    min_insync_replicas: int | None = None
 
 
 class Consumer(Protocol):

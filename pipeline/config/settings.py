@@ -202,6 +202,12 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = "embedstream"
     partitions: int = Field(6, ge=1)
     replication: int = Field(1, ge=1)
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Topics' min.insync.replicas, at most replication: replicas that must hold a write "
+        "before acks=all succeeds; 2 with replication 3 survives a broker loss (unset: the broker's default)",
+    )
     batch_max_records: int = Field(256, ge=1)
     batch_max_wait_ms: int = Field(200, ge=0)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
@@ -221,6 +227,16 @@ class KafkaSettings(BaseModel):
     ssl_certfile: Path | None = Field(
         None, validate_default=True, description="PEM client certificate for mutual TLS"
     )
+
+    @field_validator("min_insync_replicas")
+    @classmethod
+    def _within_kafka_replication(cls, value: int | None, info: ValidationInfo) -> int | None:
+        replicas = info.data.get("replication")
+        if value is not None and replicas is not None and value > replicas:
+            raise ValueError(
+                f"exceeds kafka.replication={replicas}: no write could ever reach {value} in-sync replicas"
+            )
+        return value
 
     @field_validator("sasl_mechanism", "sasl_username", "sasl_password")
     @classmethod

@@ -34,12 +34,16 @@ class Topology:
 
     def topic_specs(self, version: int) -> list[TopicSpec]:
         kafka, topics = self.settings.kafka, self.topics
+
+        def spec(name: str, partitions: int, *, compacted: bool) -> TopicSpec:
+            return TopicSpec(name, partitions, kafka.replication, compacted, kafka.min_insync_replicas)
+
         return [
-            TopicSpec(topics.changes, kafka.partitions, kafka.replication, compacted=True),
-            TopicSpec(topics.vectors(self.index, version), kafka.partitions, kafka.replication),
-            TopicSpec(topics.dlq, kafka.partitions, kafka.replication, compacted=False),
+            spec(topics.changes, kafka.partitions, compacted=True),
+            spec(topics.vectors(self.index, version), kafka.partitions, compacted=True),
+            spec(topics.dlq, kafka.partitions, compacted=False),
             # The index versions' specs: one small compacted table (pipeline/runtime/registry.py).
-            TopicSpec(topics.versions, 1, kafka.replication, compacted=True),
+            spec(topics.versions, 1, compacted=True),
         ]
 
     def group_id(self, stage: str, version: int) -> str:

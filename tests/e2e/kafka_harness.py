@@ -108,6 +108,15 @@ class Daemon:
     def encoded(self) -> int:
         return sum(int(r.get("encoded", 0)) for r in self.log_records() if r.get("msg") == "encoded chunks")
 
+    def emitted(self) -> int:
+        """Changes a source daemon published and the broker acknowledged, from its log."""
+        total = 0
+        for record in self.log_records():
+            words = str(record.get("msg", "")).split()
+            if words[:2] == ["source", "emitted"] and len(words) > 2 and words[2].isdigit():
+                total += int(words[2])
+        return total
+
 
 class KafkaPipeline:
     """A whole deployment for one test: unique topics, one state dir, the tiny model."""
@@ -148,6 +157,11 @@ class KafkaPipeline:
         )
         self._encoder = SentenceTransformerEncoder(self.settings.model)
         self.chunker = make_chunker(self._encoder, self.settings)
+
+    @property
+    def encoder(self) -> SentenceTransformerEncoder:
+        """The daemons' model, for comparing stored vectors with fresh encodings."""
+        return self._encoder
 
     def start(self, *args: str, crash_at: str | None = None, **env: str) -> Daemon:
         extra = {"EMBEDSTREAM_CRASH_AT": crash_at} if crash_at else {}

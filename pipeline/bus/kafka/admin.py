@@ -32,6 +32,8 @@ COMPACTED_TOPIC_CONFIGS = {
     "min.cleanable.dirty.ratio": "0.1",
     "segment.ms": "600000",
 }
+#: Topic config: replicas that must hold a write before an acks=all produce succeeds.
+MIN_INSYNC_REPLICAS = "min.insync.replicas"
 #: Error codes in admin responses that mean "already as requested".
 _TOPIC_ALREADY_EXISTS = kafka_errors.TopicAlreadyExistsError.errno
 _UNKNOWN_TOPIC = kafka_errors.UnknownTopicOrPartitionError.errno
@@ -132,6 +134,8 @@ class ClusterAdmin:
 
     def _topic_options(self, spec: TopicSpec) -> dict[str, Any]:
         configs = {MAX_MESSAGE_BYTES: str(self._max_message_bytes)}
+        if spec.min_insync_replicas is not None:
+            configs[MIN_INSYNC_REPLICAS] = str(spec.min_insync_replicas)
         return {
             "num_partitions": spec.partitions,
             "replication_factor": spec.replication,

@@ -9,7 +9,7 @@ commands in that order: the embedded mode's, the Kafka daemons', the index versi
 
 # isort: off
 from pipeline.cli import local
-from pipeline.cli import daemons, versions, dlq, verify  # noqa: F401 -- they register their commands
+from pipeline.cli import daemons, versions, dlq, verify, tune  # noqa: F401 -- they register their commands
 
 # isort: on
 from pipeline.cli.app import (

@@ -7,19 +7,24 @@ upsert or ``"op": "delete"``, and optionally ``version`` (an integer clock: an
     {"doc_id": "faq-12", "text": "How do I pair the hub?", "metadata": {"lang": "en"}, "version": 17}
     {"doc_id": "faq-9", "op": "delete"}
 
-Lines apply in file order: a document's version is the line's own (the current time
-when it has none), never at or below the last one this source emitted for it, deletions
-included, so the last line about a document wins, in this file or the next. A line equal
-to what was last indexed emits nothing. Blank lines are ignored; a line that is not valid
+Only the last line about a document counts (a file is read twice: once to find each
+document's last line, once to emit those; stdin is spooled to a temporary file first), so
+a file that repeats a ``doc_id`` emits nothing on its next run. A document's version is
+its line's own (the current time when it has none), never at or below the last one this
+source emitted for it, deletions included, so the last line wins, in this file or the
+next. A line equal to what was last indexed emits nothing. Blank lines are ignored; a line that is not valid
 JSON or not a valid change is reported with its line number and dead-lettered, and every
 other line is still indexed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -140,18 +145,24 @@ class JsonlSource:
     def changes(self, report: PassReport) -> Iterator[Change]:
         self._docs.begin_pass()
         self.invalid = []
-        for number, raw in self._lines():
-            if not raw.strip():
-                continue
-            try:
-                line = parse_line(raw, self._name)
-            except InvalidEvent as exc:
-                self._reject(number, raw, str(exc), report)
-                continue
-            change = self._change(line)
-            if change.event is None:
-                report.unchanged += 1
-            yield change
+        with self._opened() as handle:
+            last: dict[str, int] = {}  # doc_id -> its last valid line: the one that counts
+            for number, raw in enumerate(handle, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    last[parse_line(raw, self._name).identity()[1]] = number
+                except InvalidEvent as exc:
+                    self._reject(number, raw, str(exc), report)
+            counted = set(last.values())
+            handle.seek(0)
+            for number, raw in enumerate(handle, 1):
+                if number not in counted:
+                    continue
+                change = self._change(parse_line(raw, self._name))
+                if change.event is None:
+                    report.unchanged += 1
+                yield change
 
     def reserve(self, changes: Sequence[Change]) -> None:
         self._docs.reserve(changes)
@@ -181,13 +192,18 @@ class JsonlSource:
         assert line.text is not None
         return self._docs.upsert(doc_id, normalize_text(line.text), line.metadata, natural)
 
-    def _lines(self) -> Iterable[tuple[int, bytes]]:
-        if self.path == STDIN:
-            assert self._stdin is not None, "stdin was not given"
-            yield from enumerate(self._stdin, 1)
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[IO[bytes]]:
+        """The lines, readable twice: the file, or stdin spooled to a temporary file."""
+        if self.path != STDIN:
+            with Path(self.path).open("rb") as handle:
+                yield handle
             return
-        with Path(self.path).open("rb") as handle:
-            yield from enumerate(handle, 1)
+        assert self._stdin is not None, "stdin was not given"
+        with tempfile.TemporaryFile(dir=self._states.path.parent) as spool:
+            shutil.copyfileobj(self._stdin, spool)
+            spool.seek(0)
+            yield spool
 
     def _reject(self, number: int, raw: bytes, error: str, report: PassReport) -> None:
         self.invalid.append(InvalidLine(number, error))

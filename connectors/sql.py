@@ -1,6 +1,6 @@
 """SQL table connector: a table (or query) as a stream of change events, through SQLAlchemy 2.
 
-A pass has up to three phases, each resumable from the checkpoint (:mod:`connectors.kit.keystates`):
+A pass has up to five phases, each resumable from the checkpoint (:mod:`connectors.kit.keystates`):
 
 1. **Snapshot**, once: every row in key order, in pages (``WHERE key > :last ORDER BY
    key``); the last key delivered is checkpointed with each slice, so a ``kill -9``
@@ -10,10 +10,19 @@ A pass has up to three phases, each resumable from the checkpoint (:mod:`connect
    highest delivered cursor minus ``lookback``, so a row committed late with an older
    cursor value (a long transaction) is still seen. Rows read again are deduplicated
    against the checkpoint's content and metadata hashes: only real changes are emitted.
-3. **Key diff**, every ``key_diff_every_s`` (0: every pass, None: never): the table's keys
+3. **Retry**, every pass: rows published but never recorded (dead-lettered downstream, or
+   a crash in between) are read again by key, so they are indexed once the cause is gone.
+4. **Key diff**, every ``key_diff_every_s`` (0: every pass, None: never): the table's keys
    against the checkpoint's live documents. Keys gone are hard deletes; keys present but
-   not live here (a dead-lettered row, a row too late for the look-back) are read again.
+   not live here (a skipped row, a row too late for the look-back) are read again.
    It also tells :meth:`SqlSource.orphans` what the table holds.
+5. **Reconcile**, instead of 3 and 4, on a source's first pass (every ``index`` run, a
+   daemon's start), every ``reconcile_every_s`` and whenever the source's *spec* changed
+   (``--text``, ``--metadata``, ``--query``, the size limit...: a digest of it is kept in
+   the checkpoint): every row is read again in key order and the per-row digests decide
+   what changed, so updates the cursor cannot see (a timestamp moved back further than the
+   look-back, a table swapped for one with older timestamps) are found. Nothing unchanged
+   is re-encoded.
 
 A soft-delete column turns a row into a deletion (``is_deleted = true``, ``deleted_at`` set).
 Versions are owned here: the cursor's value (microseconds for timestamps), never at or
@@ -25,27 +34,35 @@ SQLAlchemy is imported here and nowhere else.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
+import hashlib
 import json
 import logging
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from connectors.kit.cursors import decode_value, encode_value, minus_lookback, natural_version
 from connectors.kit.keystates import Checkpointed, Documents, KeyStates
 from connectors.kit.rows import RowFormat
 from pipeline.core.errors import ConfigError, RetryableError
 from pipeline.core.faults import crash_point
 from pipeline.sources import Change, PassReport
 
-__all__ = ["DatabaseUnavailable", "SqlSource", "SqlTable", "natural_version"]
+__all__ = [
+    "DatabaseUnavailable",
+    "SqlSource",
+    "SqlTable",
+    "decode_value",
+    "encode_value",
+    "minus_lookback",
+    "natural_version",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +70,9 @@ SNAPSHOT_AFTER = "snapshot.after"
 SNAPSHOT_DONE = "snapshot.done"
 CURSOR = "cursor"
 KEY_DIFF_AT = "keydiff.at"
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+SPEC = "spec"  # the digest of the spec every row was last read under
+SNAPSHOT_SPEC = "snapshot.spec"  # the spec the snapshot in progress reads under
+RECONCILE_AT = "reconcile.at"
 
 
 class DatabaseUnavailable(RetryableError):
@@ -76,6 +95,10 @@ class SqlTable:
     lookback: float = 60.0
     #: Seconds between key diffs (hard deletes); 0: every pass; None: never.
     key_diff_every_s: float | None = 0.0
+    #: Seconds between reconcile passes (every row read again, digests compared), besides
+    #: the first pass of each source (every ``index`` run, a daemon's start); None: never
+    #: (a changed spec is still read again in full).
+    reconcile_every_s: float | None = 3600.0
     page_size: int = 500
 
     def __post_init__(self) -> None:
@@ -84,87 +107,12 @@ class SqlTable:
         if self.lookback < 0 or self.page_size < 1:
             raise ConfigError("--lookback must be >= 0 and the page size >= 1")
 
-
-# --------------------------------------------------------------------------- values
-
-
-def natural_version(value: object) -> int:
-    """A cursor value as a version: integers as they are, timestamps in microseconds since
-    1970 (naive ones taken as UTC), ISO 8601 text parsed; NULL is 0 (the oldest)."""
-    if value is None:
-        return 0
-    if isinstance(value, bool):
-        raise ConfigError("the version column is boolean; use an integer or timestamp column")
-    if isinstance(value, int):
-        return max(0, value)
-    if isinstance(value, Decimal) and value == value.to_integral_value():
-        return max(0, int(value))
-    if isinstance(value, str):
-        value = _parse_timestamp(value)
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        value = dt.datetime(value.year, value.month, value.day)
-    if isinstance(value, dt.datetime):
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-        return max(0, (aware - _EPOCH) // dt.timedelta(microseconds=1))
-    raise ConfigError(f"the version column holds {type(value).__name__}; use an integer or timestamp column")
-
-
-def _parse_timestamp(text: str) -> dt.datetime:
-    try:
-        return dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"the version column holds {text!r}, not an ISO 8601 timestamp") from None
-
-
-def minus_lookback(cursor: object, lookback: float) -> object:
-    """The cursor value ``lookback`` earlier, in the column's own type."""
-    if isinstance(cursor, bool):
-        return cursor
-    if isinstance(cursor, (int, Decimal)):
-        return cursor - int(lookback)
-    if isinstance(cursor, dt.datetime):
-        return cursor - dt.timedelta(seconds=lookback)
-    if isinstance(cursor, dt.date):
-        return cursor - dt.timedelta(days=int(lookback // 86400) + 1)
-    if isinstance(cursor, str):
-        earlier = _parse_timestamp(cursor) - dt.timedelta(seconds=lookback)
-        return earlier.isoformat(sep="T" if "T" in cursor else " ")
-    return cursor
-
-
-_TAGS: dict[str, type] = {"int": int, "str": str, "datetime": dt.datetime, "date": dt.date}
-
-
-def encode_value(value: object) -> str:
-    """A key or cursor value as checkpoint text that decodes to the same Python type."""
-    if isinstance(value, bool) or value is None:
-        raise ConfigError(f"a key or cursor value of {value!r} cannot be ordered")
-    if isinstance(value, dt.datetime):
-        return json.dumps({"datetime": value.isoformat()})
-    if isinstance(value, dt.date):
-        return json.dumps({"date": value.isoformat()})
-    if isinstance(value, Decimal):
-        return json.dumps({"decimal": str(value)})
-    if isinstance(value, uuid.UUID):
-        return json.dumps({"uuid": str(value)})
-    if isinstance(value, (int, str)):
-        return json.dumps({type(value).__name__: value})
-    raise ConfigError(f"a key or cursor of type {type(value).__name__} is not supported")
-
-
-def decode_value(text: str | None) -> object:
-    if text is None:
-        return None
-    ((tag, raw),) = json.loads(text).items()
-    if tag == "datetime":
-        return dt.datetime.fromisoformat(raw)
-    if tag == "date":
-        return dt.date.fromisoformat(raw)
-    if tag == "decimal":
-        return Decimal(raw)
-    if tag == "uuid":
-        return uuid.UUID(raw)
-    return _TAGS[tag](raw)
+    def spec_digest(self, max_bytes: int) -> str:
+        """What decides each row's document: when it changes, every row is read again."""
+        rows = self.rows
+        spec = [self.table, self.query, self.key, self.version, rows.template, list(rows.metadata),
+                rows.deleted_column, max_bytes]  # fmt: skip
+        return hashlib.sha256(json.dumps(spec).encode("utf-8")).hexdigest()[:32]
 
 
 # --------------------------------------------------------------------------- the relation
@@ -254,6 +202,7 @@ class SqlSource:
         self._docs = Documents(name, self._states)
         self._seen: set[str] | None = None  # the table's live keys, after a key diff
         self._visited: set[str] = set()  # rows read this pass: the look-back re-reads some
+        self._first_pass = True
 
     @property
     def name(self) -> str:
@@ -268,9 +217,22 @@ class SqlSource:
         self._docs.begin_pass()
         self._seen = None
         self._visited = set()
-        if self._states.position(SNAPSHOT_DONE) is None:
-            yield from self._snapshot(report)
+        first, self._first_pass = self._first_pass, False
+        spec = self.config.spec_digest(self.max_bytes)
+        snapshot = self._states.position(SNAPSHOT_DONE) is None
+        if not snapshot and self._states.position(SPEC) != spec:
+            # Read all again below; the cursor restarts at the relation's own highest value
+            # (a --query's cursor may not even have the table's type).
+            highest = self._scalar(self.relation.max_cursor())
+            if highest is not None:
+                self._states.record({}, {CURSOR: encode_value(highest)})
+        if snapshot:
+            yield from self._snapshot(report, spec)
         yield from self._incremental(report)
+        if not snapshot and self._reconcile_due(spec, first=first):
+            yield from self._reconcile(report, spec)
+            return
+        yield from self._retry(report)
         if self._key_diff_due():
             yield from self._key_diff(report)
 
@@ -311,7 +273,7 @@ class SqlSource:
 
     # -- phases
 
-    def _snapshot(self, report: PassReport) -> Iterator[Change]:
+    def _snapshot(self, report: PassReport, spec: str) -> Iterator[Change]:
         relation, key = self.relation, self.config.key
         if self._states.position(CURSOR) is None:
             # Rows changed while the snapshot runs have a cursor above this: phase 2 sees them.
@@ -319,6 +281,10 @@ class SqlSource:
             if highest is not None:
                 self._states.record({}, {CURSOR: encode_value(highest)})
         after = decode_value(self._states.position(SNAPSHOT_AFTER))
+        if after is None or self._states.position(SNAPSHOT_SPEC) is None:
+            # Resumed under another spec (or one not recorded): the next pass reads all again.
+            self._states.record({}, {SNAPSHOT_SPEC: spec if after is None else ""})
+        read_under = self._states.position(SNAPSHOT_SPEC) or ""
         while True:
             rows = self._rows(relation.snapshot_page(after, self.config.page_size))
             for row in rows:
@@ -326,7 +292,8 @@ class SqlSource:
             if len(rows) < self.config.page_size:
                 break
             after = rows[-1][key]
-        yield Change(None, "", Checkpointed(None, {SNAPSHOT_DONE: "1"}))
+        done = {SNAPSHOT_DONE: "1", SPEC: read_under, RECONCILE_AT: repr(time.time())}
+        yield Change(None, "", Checkpointed(None, done))
 
     def _incremental(self, report: PassReport) -> Iterator[Change]:
         highest = decode_value(self._states.position(CURSOR))
@@ -344,6 +311,71 @@ class SqlSource:
                 return
             last = (rows[-1][self.config.version], rows[-1][self.config.key])
 
+    def _reconcile(self, report: PassReport, spec: str) -> Iterator[Change]:
+        """Every row again, in key order (digests decide), then the key diff's deletions."""
+        relation, key, page = self.relation, self.config.key, self.config.page_size
+        present: set[str] = set()
+        after = None
+        while True:
+            rows = self._rows(relation.snapshot_page(after, page))
+            for row in rows:
+                doc_id = str(row[key])
+                if not self.config.rows.is_deleted(row):
+                    present.add(doc_id)
+                if doc_id not in self._visited:
+                    yield self._row_change(row, report, {})
+            if len(rows) < page:
+                break
+            after = rows[-1][key]
+        for doc_id in sorted(self._docs.live_ids() - present):
+            yield self._docs.delete(doc_id, 0)  # numbered above every version it may have
+        now = repr(time.time())
+        yield Change(None, "", Checkpointed(None, {SPEC: spec, RECONCILE_AT: now, KEY_DIFF_AT: now}))
+        self._seen = present
+
+    def _reconcile_due(self, spec: str, *, first: bool) -> bool:
+        if self._states.position(SPEC) != spec:
+            return True  # rows were read under another --text, --metadata, --query or limit
+        every = self.config.reconcile_every_s
+        if every is None:
+            return False
+        last = self._states.position(RECONCILE_AT)
+        return first or every == 0 or last is None or time.time() - float(last) >= every
+
+    def _retry(self, report: PassReport) -> Iterator[Change]:
+        """Rows published but never recorded (dead-lettered, or a crash in between): read
+        again by key each pass; those gone from the table are deleted (they may have points)."""
+        pending = sorted(self._states.unsettled() - self._visited)
+        if not pending:
+            return
+        values = list(self._key_values(pending).values())
+        found: set[str] = set()
+        for start in range(0, len(values), self.config.page_size):
+            for row in self._rows(
+                self.relation.rows_with_keys(values[start : start + self.config.page_size])
+            ):
+                found.add(str(row[self.config.key]))
+                yield self._row_change(row, report, {})
+        for doc_id in pending:
+            if doc_id not in found:
+                yield self._docs.delete(doc_id, 0)
+
+    def _key_values(self, doc_ids: Sequence[str]) -> dict[str, object]:
+        """doc_id -> the key column's value (by its type, else by reading the keys)."""
+        try:
+            kind: type | None = self.relation.key.type.python_type
+        except NotImplementedError:  # a query's columns have no type
+            kind = None
+        if kind in (int, str, uuid.UUID):
+            assert kind is not None
+            values: dict[str, object] = {}
+            for doc_id in doc_ids:
+                with contextlib.suppress(ValueError):
+                    values[doc_id] = kind(doc_id)
+            return values
+        wanted, key = set(doc_ids), self.config.key
+        return {str(r[key]): r[key] for r in self._rows(self.relation.keys()) if str(r[key]) in wanted}
+
     def _key_diff(self, report: PassReport) -> Iterator[Change]:
         present: dict[str, object] = {}
         for row in self._rows(self.relation.keys()):
@@ -353,7 +385,11 @@ class SqlSource:
         unsettled = self._states.unsettled()  # published, never recorded: read them again
         for doc_id in sorted(live - present.keys()):
             yield self._docs.delete(doc_id, 0)  # numbered above every version it may have
-        missing = [raw for doc_id, raw in present.items() if doc_id not in live or doc_id in unsettled]
+        missing = [
+            raw
+            for doc_id, raw in present.items()
+            if (doc_id not in live or doc_id in unsettled) and doc_id not in self._visited
+        ]
         page = self.config.page_size
         for start in range(0, len(missing), page):
             for row in self._rows(self.relation.rows_with_keys(missing[start : start + page])):
@@ -373,15 +409,16 @@ class SqlSource:
     def _row_change(self, row: Mapping[str, object], report: PassReport, positions: dict[str, str]) -> Change:
         doc_id = str(row[self.config.key])
         natural = natural_version(row[self.config.version])
+        counted = doc_id in self._visited
+        self._visited.add(doc_id)
         document = self.config.rows.document(row, self.max_bytes, report, f"row {doc_id}")
         if document is None:
             # Deleted, or unindexable now: it loses its points (read again by the next key diff).
             return self._docs.delete(doc_id, natural, positions)
         text, metadata = document
         change = self._docs.upsert(doc_id, text, metadata, natural, positions)
-        if change.event is None and doc_id not in self._visited:
+        if change.event is None and not counted:
             report.unchanged += 1
-        self._visited.add(doc_id)
         return change
 
     # -- database access

@@ -8,6 +8,10 @@ slice, so an interrupted backfill resumes where it stopped; once a pass complete
 version's lifecycle records the source as backfilled and the scratch checkpoint goes.
 Meanwhile every live change reaches the new version too (:mod:`pipeline.runtime.lanes`), and the
 sink's version guard orders the two streams per document.
+
+A source that cannot be read again (JSON lines: stdin, or a file that only brought the
+latest changes) is replayed instead from the pipeline's :class:`~pipeline.runtime.embedded.ChangeLog`:
+the last change delivered for each of its documents, whatever run or file brought it.
 """
 
 from __future__ import annotations
@@ -74,19 +78,40 @@ def backfill_source(
     for number in pending_versions(pipeline, source_name):
         stats = pipeline.version_stats(number)
         encoded_before = stats.encoded
-        source = source_at(scratch_home(pipeline.settings, number))
-        tracker = ProgressTracker(progress, source.estimate() if progress else None)
-        try:
-            deliver = tracker.deliver(partial(pipeline.backfill, number))
-            result = run_source_pass(source, deliver, slice_size=SLICE)
-        finally:
-            getattr(source, "close", lambda: None)()  # a database source holds a connection
+        if pipeline.changelog.keeps(source_name):
+            published = _replay_log(pipeline, number, source_name, progress)
+        else:
+            published = _replay_source(pipeline, number, source_at, progress)
         with pipeline.locked():
             version = find_version(pipeline.store, pipeline.settings.index.name, number)
             if version is not None:
                 mark_backfilled(pipeline.store, version, source_name)
         checkpoint_of(pipeline.settings, number, source_name).unlink(missing_ok=True)
         label = f"{pipeline.settings.index.name}@v{number}"
-        log.info("backfilled %s from %s: %d documents", label, source_name, result.published)
-        done.append(Backfilled(label, source_name, result.published, stats.encoded - encoded_before))
+        log.info("backfilled %s from %s: %d documents", label, source_name, published)
+        done.append(Backfilled(label, source_name, published, stats.encoded - encoded_before))
     return done
+
+
+def _replay_source(
+    pipeline: EmbeddedPipeline, number: int, source_at: Callable[[Path], Source], progress: Progress | None
+) -> int:
+    """One pass of the source, rebuilt with a scratch checkpoint, into version ``number``."""
+    source = source_at(scratch_home(pipeline.settings, number))
+    tracker = ProgressTracker(progress, source.estimate() if progress else None)
+    try:
+        deliver = tracker.deliver(partial(pipeline.backfill, number))
+        return run_source_pass(source, deliver, slice_size=SLICE).published
+    finally:
+        getattr(source, "close", lambda: None)()  # a database source holds a connection
+
+
+def _replay_log(pipeline: EmbeddedPipeline, number: int, source: str, progress: Progress | None) -> int:
+    """The kept last change of each of the source's documents, into version ``number``."""
+    tracker = ProgressTracker(progress, None)
+    deliver = tracker.deliver(partial(pipeline.backfill, number))
+    published = 0
+    for events in pipeline.changelog.replay(source, page=SLICE):
+        deliver(events)
+        published += len(events)
+    return published

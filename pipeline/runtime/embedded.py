@@ -7,13 +7,19 @@ and the store (embedded Qdrant engine, unless a server URL is configured) differ
 Every version of the index in the store is fed (:mod:`pipeline.runtime.lanes`): during a migration
 each change reaches the live version and the one being built, each with its own model.
 The live version's lane reports to :attr:`EmbeddedPipeline.stats` (what ``index`` prints).
+
+Sources that cannot be read again (JSON lines: stdin is consumed, yesterday's file is
+gone) have their last delivered change per document kept in a :class:`ChangeLog`, the
+embedded stand-in of Kafka's compacted changes topic: a new version is backfilled from it.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pipeline.bus import Outgoing
@@ -24,17 +30,86 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.events import ChangeEvent
 from pipeline.encoding import Encoder
 from pipeline.encoding.cache import EmbeddingCache
-from pipeline.observability import NullObserver, Observer, Observers, RunStats
+from pipeline.observability import NullObserver, Observer, Observers, RunStats, VersionedObserver, for_version
 from pipeline.runtime import Runtime
 from pipeline.runtime.adapters import check_index_dims
 from pipeline.runtime.lanes import Lane, backfill_topic, build_lane
 from pipeline.runtime.models import effective_chunking
+from pipeline.sources import SourceBindings
 from pipeline.store import VectorStore
 from pipeline.versions.doc_states import DocStates
 from pipeline.versions.search import SearchResult, search_documents
 from pipeline.versions.spec import IndexVersion, find_version, live_version, versions
 
 log = logging.getLogger(__name__)
+
+#: Identity kinds (:attr:`pipeline.sources.Source.identity`) of sources that cannot be read
+#: again for a new version's backfill: their changes are kept in the :class:`ChangeLog`.
+UNREPLAYABLE = ("jsonl:",)
+_LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS changes (
+    key TEXT PRIMARY KEY, source TEXT NOT NULL, version INTEGER NOT NULL, event BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS changes_by_source ON changes (source, key);
+"""
+# Compaction: the latest change per document (tombstones too) replaces an older one only.
+_KEEP = """
+INSERT INTO changes (key, source, version, event) VALUES (?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET version = excluded.version, event = excluded.event
+WHERE excluded.version >= changes.version
+"""
+
+
+class ChangeLog:
+    """The last delivered change per document of the sources that cannot be read again
+    (``index_home/changes.sqlite``), written once a change is durably indexed."""
+
+    def __init__(self, home: Path) -> None:
+        self._home = home
+        self._kept: dict[str, bool] = {}  # source name -> its changes are kept
+        self._db: sqlite3.Connection | None = None
+
+    def keeps(self, source: str) -> bool:
+        """Whether ``source`` is bound (in this index) to an identity that cannot be replayed."""
+        if source not in self._kept:
+            identity = SourceBindings.of(self._home).names().get(source, "")
+            self._kept[source] = identity.startswith(UNREPLAYABLE)
+        return self._kept[source]
+
+    def keep(self, events: Sequence[ChangeEvent]) -> None:
+        rows = [(e.key, e.source, e.version, e.to_bytes()) for e in events if self.keeps(e.source)]
+        if rows:
+            db = self._open()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(_KEEP, rows)
+
+    def replay(self, source: str, page: int = 500) -> Iterator[list[ChangeEvent]]:
+        """The source's kept changes in key order, a page at a time."""
+        db, after = self._open(), ""
+        while True:
+            found = db.execute(
+                "SELECT key, event FROM changes WHERE source = ? AND key > ? ORDER BY key LIMIT ?",
+                (source, after, page),
+            ).fetchall()
+            if not found:
+                return
+            yield [ChangeEvent.from_bytes(bytes(raw)) for _, raw in found]
+            after = found[-1][0]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._home.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._home / "changes.sqlite", isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_LOG_SCHEMA)
+            self._db = db
+        return self._db
 
 
 class ProgressHook(NullObserver):
@@ -74,6 +149,7 @@ class EmbeddedPipeline:
         try:
             self._lock = threading.RLock()
             self._dead = LocalDeadLetters(settings.state_dir / "dlq.jsonl")
+            self.changelog = ChangeLog(settings.index_home)
             self._build_workers()
         except BaseException:
             self.runtime.close()
@@ -109,8 +185,11 @@ class EmbeddedPipeline:
     def _observer_for(self, number: int) -> Observer:
         stats = self.version_stats(number)
         if number != self.version_number:
-            return stats  # a building (or retired) version: counted apart from the summary
-        return Observers(stats, self.progress, *self._external)
+            # A building (or retired) version: counted apart from the summary; seen only by
+            # the observers that tell versions apart (Prometheus: index_version="docs@vN").
+            versioned = (o for o in self._external if isinstance(o, VersionedObserver))
+            return Observers(stats, *(for_version(o, number) for o in versioned))
+        return Observers(stats, self.progress, *(for_version(o, number) for o in self._external))
 
     def refresh_versions(self) -> None:
         """Feed the versions the store holds now (after ``migrate start``, ``promote``,
@@ -138,7 +217,9 @@ class EmbeddedPipeline:
         producer.send([Outgoing(self.topics.changes, e.key, e.to_bytes()) for e in events])
         for lane in self._lanes.values():
             lane.drain(self._lock)
-        return self._collect_letters()
+        failed = self._collect_letters()
+        self.changelog.keep([e for e in events if e.key not in failed])
+        return failed
 
     def backfill(self, number: int, events: Sequence[ChangeEvent]) -> set[str]:
         """Replay ``events`` into version ``number`` alone (a source's current documents)."""
@@ -183,6 +264,7 @@ class EmbeddedPipeline:
 
     def close(self) -> None:
         with self._lock:
+            self.changelog.close()
             self.runtime.close()
 
     def __enter__(self) -> EmbeddedPipeline:

@@ -85,12 +85,16 @@ def test_bad_lines_are_reported_by_number_and_dead_lettered(tmp_path: Path):
 
 
 def test_the_last_line_about_a_document_wins(tmp_path: Path):
-    """Lines apply in file order: versions rise even when a later line names an older version."""
+    """Only a document's last line counts, and its version rises above the last one emitted
+    even when the line names an older version."""
     lines = ['{"doc_id": "a", "text": "A", "version": 50}', '{"doc_id": "a", "text": "B", "version": 10}']
-    src = source(tmp_path, "\n".join(lines))
-    first, second = run(src)
+    src = source(tmp_path, lines[0])
+    (first,) = run(src)
+    (tmp_path / "changes.jsonl").write_text("\n".join(lines))
+    (second,) = run(src)
     assert second.version > first.version
     assert second.text == "B"
+    assert run(src) == []  # the same file again: the repeated doc_id emits nothing
 
 
 def test_a_second_run_of_the_same_file_emits_nothing(tmp_path: Path):

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-#: Third-party loggers kept at WARNING unless the level is DEBUG.
+#: Third-party loggers kept at WARNING and above, whatever our level.
 LIBRARIES = (
     "kafka", "httpx", "httpcore", "urllib3", "sentence_transformers", "transformers",
     "huggingface_hub", "filelock", "qdrant_client", "sqlalchemy", "psycopg", "asyncio",
@@ -50,8 +50,8 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Libraries speak at WARNING and above, unless asked for everything (DEBUG): without a
-    # broker, kafka-python alone logs a hundred INFO lines before the one that matters.
-    libraries = logging.DEBUG if logging.getLevelName(level) == logging.DEBUG else logging.WARNING
+    # Libraries speak at WARNING and above, even at our DEBUG: without a broker kafka-python
+    # alone logs a hundred INFO lines before the one that matters, and at DEBUG it logs its
+    # SASL configuration, password included (tests/e2e/test_secured_pipeline.py).
     for name in LIBRARIES:
-        logging.getLogger(name).setLevel(max(libraries, logging.getLevelName(level)))
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))

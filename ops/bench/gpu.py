@@ -39,8 +39,9 @@ from corpus import write_corpus  # noqa: E402
 
 from pipeline.config.settings import ModelSettings, Settings  # noqa: E402
 from pipeline.core.hashing import normalize_text  # noqa: E402
+from pipeline.encoding.batches import encode_overlapped  # noqa: E402
 from pipeline.encoding.plan import token_batches  # noqa: E402
-from pipeline.encoding.transformer import SentenceTransformerEncoder, encode_overlapped  # noqa: E402
+from pipeline.encoding.transformer import SentenceTransformerEncoder  # noqa: E402
 from pipeline.runtime.adapters import make_chunker  # noqa: E402
 
 Variant = Callable[[list[str]], object]

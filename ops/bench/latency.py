@@ -64,6 +64,10 @@ def small_updates(work: Path, runs: int = 5) -> dict[str, float]:
     docs = write_corpus(work / "folder", 80, seed=21)
     state = work / "state"
     first_index, _ = timed(["index", str(work / "folder")], state)
+    # A first index leaves the ONNX small-call export to a detached background process (it is
+    # never inside the index's own wall time): wait for it, as a user's next command would
+    # mostly find it done.
+    waited = wait_for_small_backend(state)
     seconds, encoded = [], []
     for run in range(runs + 1):
         for path in docs[run * 3 : run * 3 + 3]:
@@ -75,6 +79,7 @@ def small_updates(work: Path, runs: int = 5) -> dict[str, float]:
     searches = [timed(["search", query], state)[0] for query in QUERIES]
     return {
         "cli_first_index_80_docs_s": first_index,
+        "small_backend_background_wait_s": waited,
         "small_update_first_s": seconds[0],
         "small_update_median_s": statistics.median(seconds[1:]),
         "small_update_max_s": max(seconds[1:]),
@@ -83,6 +88,16 @@ def small_updates(work: Path, runs: int = 5) -> dict[str, float]:
         "search_p90_s": sorted(searches)[int(len(searches) * 0.9) - 1],
         "search_queries": len(searches),
     }
+
+
+def wait_for_small_backend(state: Path, limit_s: float = 180.0) -> float:
+    """Seconds until the background build published ``models/<fingerprint>/meta.json``."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        if any((state / "models").glob("*/meta.json")):
+            break
+        time.sleep(0.25)
+    return time.perf_counter() - started
 
 
 def noop_reindex(work: Path, files: int = 1000, runs: int = 3) -> dict[str, float]:

@@ -39,7 +39,12 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n")
 
 
 class Tokenizer(Protocol):
-    """Character spans of the tokens of ``text``, in order, without special tokens."""
+    """Character spans of the tokens of ``text``, in order, without special tokens.
+
+    A tokenizer that also has ``note_chunks(text, spans)`` hears where each text was cut
+    (right after its ``offsets``), so it can reuse that tokenization when the chunks are
+    encoded instead of tokenizing each chunk again (the encoder does).
+    """
 
     def offsets(self, text: str) -> list[Span]: ...
 
@@ -83,10 +88,14 @@ class Chunker:
         starts = [s for s, _ in tokens]
         units = list(_units(text, tokens, starts, self._config.body_tokens))
         groups = _pack(units, self._config.body_tokens)
-        return [
+        chunks = [
             self._make_chunk(text, tokens, ordinal, first, last)
             for ordinal, (first, last) in enumerate(groups)
         ]
+        note = getattr(self._tokenizer, "note_chunks", None)
+        if note is not None:
+            note(text, [(c.start, c.end) for c in chunks])
+        return chunks
 
     def _make_chunk(self, text: str, tokens: Sequence[Span], ordinal: int, first: int, last: int) -> Chunk:
         start_token = max(0, first - self._config.overlap_tokens) if ordinal else first

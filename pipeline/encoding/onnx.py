@@ -53,7 +53,8 @@ BUILD_PROBES = (
 )
 
 Features = Callable[[Sequence[str]], dict[str, np.ndarray]]
-ArtefactState = Literal["missing", "refused"]
+#: ``deferred``: after a pass, the build is left to a background process or a later small call.
+ArtefactState = Literal["missing", "refused", "deferred"]
 
 
 class OnnxSession:
@@ -72,6 +73,16 @@ class OnnxSession:
 def artefact_dir(root: Path, fingerprint: str) -> Path:
     """One folder per model fingerprint; the name is made filesystem-safe."""
     return root / re.sub(r"[^A-Za-z0-9._@-]", "_", fingerprint)
+
+
+def present(directory: Path, fingerprint: str) -> bool:
+    """Whether an artefact (usable or refused) was built for ``fingerprint``: meta.json only,
+    without importing ONNX Runtime or opening the model (a load checks it in full)."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("fingerprint") == fingerprint
 
 
 def load(directory: Path, fingerprint: str, features: Features) -> OnnxSession | ArtefactState:

@@ -171,7 +171,10 @@ class EmbeddedPipeline:
         alias = self.store.get_alias(settings.index.name)
         live = next((v for v in found if v.collection == alias), None)
         chunking = effective_chunking(self.encoder, settings)
-        check_matches_a_version(found, live, settings.index, self.encoder.fingerprint, chunking)
+        # Chunking left at its defaults follows each version's recorded chunker (a default
+        # that changed between releases must not lock an existing index out); set, it must match.
+        compared = chunking if settings.chunking.model_fields_set else None
+        check_matches_a_version(found, live, settings.index, self.encoder.fingerprint, compared)
         self.version_number = live.version if live else (found[-1].version if found else 1)
         self.bus = InMemoryBus()
         self.topics = self.runtime.topics
@@ -301,7 +304,7 @@ def check_matches_a_version(
     live: IndexVersion | None,
     index: IndexSettings,
     fingerprint: str,
-    chunking: tuple[int, int],
+    chunking: tuple[int, int] | None,
 ) -> None:
     """The settings describe one of the index's versions (during a migration, the live one
     or the one being built; all are fed anyway); else a ConfigError names what differs
@@ -319,7 +322,7 @@ def check_matches_a_version(
 
 
 def _differences(
-    version: IndexVersion, index: IndexSettings, fingerprint: str, chunking: tuple[int, int]
+    version: IndexVersion, index: IndexSettings, fingerprint: str, chunking: tuple[int, int] | None
 ) -> list[str]:
     """What the settings would change in ``version``: never its model, chunker or storage."""
     wanted: dict[str, object] = {
@@ -334,7 +337,7 @@ def _differences(
         "datatype": version.datatype,
         "quantization": version.quantization,
     }
-    if version.chunk_tokens:  # versions record their chunker since migrations
+    if version.chunk_tokens and chunking is not None:  # versions record their chunker since migrations
         wanted["chunking"] = f"{chunking[0]}/{chunking[1]} tokens/overlap"
         held["chunking"] = f"{version.chunk_tokens}/{version.overlap_tokens} tokens/overlap"
     return [f"{k}: index has {held[k]}, settings ask for {wanted[k]}" for k in wanted if wanted[k] != held[k]]

@@ -49,7 +49,7 @@ class JsonlLine(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    key: str | None = Field(None, min_length=3)
+    key: str | None = Field(None, min_length=1)
     doc_id: str | None = Field(None, min_length=1, max_length=2000)
     source: str | None = None
     op: Literal["upsert", "delete"] = "upsert"
@@ -61,8 +61,8 @@ class JsonlLine(BaseModel):
     def _consistent(self) -> JsonlLine:
         if (self.key is None) == (self.doc_id is None):
             raise ValueError("give exactly one of doc_id and key")
-        if self.key is not None and ("/" not in self.key or self.source is not None):
-            raise ValueError("key is 'source/doc_id' (with no separate source field)")
+        if self.key is not None and self.source is not None:
+            raise ValueError("key is 'source/doc_id' or a document id (with no separate source field)")
         if self.op == "upsert" and (self.text is None or not normalize_text(self.text)):
             raise ValueError("an upsert needs a non-empty text (or op 'delete')")
         if self.op == "delete" and self.text is not None:
@@ -70,9 +70,10 @@ class JsonlLine(BaseModel):
         return self
 
     def identity(self) -> tuple[str | None, str]:
-        """(source named by the line, doc_id)."""
+        """(source named by the line, doc_id). A ``key`` without ``source/`` is a document id
+        of this stream, as the key of an exported change event often is."""
         if self.key is not None:
-            return split_key(self.key)
+            return split_key(self.key) if "/" in self.key else (None, self.key)
         assert self.doc_id is not None
         return self.source, self.doc_id
 

@@ -54,7 +54,7 @@ def run(src: JsonlSource) -> list:
         ('{"doc_id": "a", "text": "x", "colour": "red"}', "colour"),
         ('{"doc_id": "a", "text": "x", "source": "other"}', "--source other"),
         ('{"key": "other/a", "text": "x"}', "--source other"),
-        ('{"key": "no-slash", "text": "x"}', "source/doc_id"),
+        ('{"key": "notes/a", "source": "notes", "text": "x"}', "no separate source field"),
     ],
 )
 def test_malformed_lines_say_what_is_wrong(line, message):
@@ -68,6 +68,12 @@ def test_good_lines_by_doc_id_or_full_key():
     assert parse_line(b'{"doc_id": "a/b", "text": "x"}', "notes").identity() == (None, "a/b")
     assert parse_line(b'{"key": "notes/a/b", "text": "x"}', "notes").identity() == ("notes", "a/b")
     assert parse_line(b'{"doc_id": "a", "source": "notes", "op": "delete"}', "notes").op == "delete"
+
+
+def test_a_key_without_a_source_is_the_document_id():
+    """An exported event's bare key ({"key": "a"}) names document a of this stream, instead of
+    making every line invalid (and the run exit 0 with nothing indexed)."""
+    assert parse_line(b'{"key": "a", "text": "x"}', "notes").identity() == (None, "a")
 
 
 def test_bad_lines_are_reported_by_number_and_dead_lettered(tmp_path: Path):

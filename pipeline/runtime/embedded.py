@@ -36,7 +36,7 @@ from pipeline.runtime.adapters import check_index_dims
 from pipeline.runtime.lanes import Lane, backfill_topic, build_lane
 from pipeline.runtime.models import effective_chunking
 from pipeline.sources import SourceBindings
-from pipeline.store import VectorStore
+from pipeline.store import VERSION, VectorStore
 from pipeline.versions.doc_states import DocStates
 from pipeline.versions.search import SearchResult, search_documents
 from pipeline.versions.spec import IndexVersion, find_version, live_version, versions
@@ -241,13 +241,24 @@ class EmbeddedPipeline:
         self.bus.trim()
         return {r.key or "" for r in letters}
 
-    def indexed(self, source: str) -> dict[str, int]:
-        """doc_id -> version of the live documents of ``source`` in the index being written."""
+    def indexed(self, source: str, *, points: bool = False) -> dict[str, int]:
+        """doc_id -> version of the live documents of ``source`` in the index being written;
+        with ``points``, also of documents that have points but no live state (a crash
+        between a write and its state record, a lost checkpoint): one scroll of the source's
+        points, at their highest version, so a deletion is numbered above all of them."""
         with self._lock:
             version = self._sink.version
             if version is None:
                 version = find_version(self.store, self.settings.index.name, self.version_number)
-            return DocStates(self.store, version).live(source) if version is not None else {}
+            if version is None:
+                return {}
+            found = DocStates(self.store, version).live(source)
+            if points:
+                for _, payload in self.store.scroll(version.collection, {"source": source}):
+                    doc_id, at = str(payload.get("doc_id", "")), int(payload.get(VERSION, 0))
+                    if doc_id and at > found.get(doc_id, -1):
+                        found[doc_id] = at
+            return found
 
     def dead_letters(self) -> list[dict[str, str]]:
         """This process's dead letters (the local log keeps every run's)."""

@@ -72,11 +72,13 @@ def index_source(
     *,
     allow_mass_delete: bool = False,
     reconcile: bool = True,
+    thorough: bool = True,
 ) -> IndexSummary:
     """One pass over ``source``, bringing the index in step with it.
 
     ``reconcile`` also deletes documents the index holds for this source that the pass did
-    not see (it costs one scan of the source's document states).
+    not see (it costs one scan of the source's document states; ``thorough``, one of its
+    points too, to find documents with points but no recorded state).
     """
     started = time.perf_counter()
     if _first_index(pipeline):
@@ -90,7 +92,7 @@ def index_source(
             source,
             tracker.deliver(pipeline.process),
             slice_size=SLICE,
-            indexed=(lambda: pipeline.indexed(source.name)) if reconcile else None,
+            indexed=(lambda: pipeline.indexed(source.name, points=thorough)) if reconcile else None,
             allow_mass_delete=allow_mass_delete,
         )
     finally:
@@ -123,12 +125,13 @@ def watch_source(
 ) -> None:
     """Pass every ``interval_s`` until ``stop`` is set; a pass in progress finishes.
 
-    Every pass reconciles against the index (one scroll of the source's document states)
-    and keeps the mass-delete guard, measured against what was indexed before the pass.
+    Every pass reconciles against the index (one scroll of the source's document states;
+    the first also scrolls its points, for documents with points but no state) and keeps
+    the mass-delete guard, measured against what was indexed before the pass.
     """
     first = True
     while not stop.is_set():
-        summary = index_source(pipeline, source, allow_mass_delete=allow_mass_delete)
+        summary = index_source(pipeline, source, allow_mass_delete=allow_mass_delete, thorough=first)
         if on_pass is not None and (first or summary.changed_anything):
             on_pass(summary)
         first = False

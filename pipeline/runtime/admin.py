@@ -110,6 +110,10 @@ def start(admin: Admin, choice: StorageChoice, *, reencode: bool = False) -> Ind
     dims = live.full_dims if same_model and live is not None else full_dims(encoder)
     index = _index_settings(admin.settings.index, live if same_model else None, choice)
     chunking = effective_chunking(encoder, admin.settings)
+    if same_model and live is not None and live.chunk_tokens and not admin.settings.chunking.model_fields_set:
+        # Chunking left at its defaults keeps the live version's recorded chunker (as index
+        # does): a default that changed between releases must not force a re-encode.
+        chunking = (live.chunk_tokens, live.overlap_tokens)
     number = next_number(existing)
     spec = plan_version(
         index, number, encoder.fingerprint, dims, model=model, chunking=chunking, live=live, reencode=reencode

@@ -22,12 +22,9 @@ import typer
 
 from pipeline.cli.options import (
     CommonOptions,
-    ConfigOpt,
-    IndexOpt,
-    ModelOpt,
-    StateOpt,
     name_env_vars,
     shared_flags,
+    takes,
 )
 from pipeline.cli.render import err, print_error
 from pipeline.config.layers import Override
@@ -178,7 +175,9 @@ def _show_version(value: bool) -> None:
 
 
 @app.callback()
+@takes("config", "state_dir", "index", "model")
 def main_callback(
+    common: CommonOptions,
     ctx: typer.Context,
     log_level: Annotated[
         str | None,
@@ -203,16 +202,12 @@ def main_callback(
             "--version", metavar="", help="Print the version and exit.", callback=_show_version, is_eager=True
         ),
     ] = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    model: ModelOpt = None,
 ) -> None:
     """The options shared by every command may also come before it:
     `embedstream --state-dir S index PATH` is `embedstream index PATH --state-dir S`
     (given in both places, the one after the command wins)."""
-    flags = shared_flags(state_dir, index_name, model)
-    _GLOBAL_CONFIG.set(config)
+    flags = shared_flags(common.state_dir, common.index, common.model)
+    _GLOBAL_CONFIG.set(common.config)
     if log_level is not None and _on_command_line(ctx, "log_level"):
         flags.append(Override("log_level", log_level, "flag --log-level"))
     if strict and _on_command_line(ctx, "strict"):

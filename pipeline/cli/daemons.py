@@ -6,53 +6,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from connectors.debezium import UNAVAILABLE_VALUE
 from pipeline.bus import Bus
+from pipeline.cli import sources
 from pipeline.cli.app import app, load_settings, run, source_app, topics_app
 from pipeline.cli.options import (
-    BootstrapOpt,
     CommonOptions,
-    ConfigOpt,
-    HttpOpt,
-    IndexOpt,
-    ModelOpt,
     RescanOpt,
-    StateOpt,
     positive_seconds,
+    takes,
 )
 from pipeline.cli.render import print_topics
 from pipeline.cli.signals import stop_on_signals
-from pipeline.cli.sources import (
-    ConnectorNameOpt,
-    CursorOpt,
-    DaemonSqlUrlOpt,
-    DebeziumOptions,
-    DeletedColumnOpt,
-    ExcludeOpt,
-    FollowLinksOpt,
-    FsOptions,
-    IncludeOpt,
-    KeyColumnOpt,
-    KeyDiffOpt,
-    LookbackOpt,
-    MetadataOpt,
-    QueryOpt,
-    RebindOpt,
-    RowOptions,
-    SourceNameOpt,
-    SqlOptions,
-    TableOpt,
-    TextOpt,
-    UnavailableValueOpt,
-    debezium_source,
-    fs_source,
-    sql_source,
-)
 from pipeline.config.settings import Settings
 from pipeline.core.names import Topics
 from pipeline.sources import Source
@@ -92,18 +61,17 @@ def _publish(settings: Settings, src: Source, interval: float) -> None:
 
 
 @topics_app.command("create")
+@takes("config", "index", "bootstrap")
 def topics_create(
+    common: CommonOptions,
     version: VersionOpt = 1,
-    config: ConfigOpt = None,
-    index_name: IndexOpt = None,
-    bootstrap: BootstrapOpt = None,
 ) -> None:
     """Create <prefix>.changes, <prefix>.vectors.<index>-v<N> (compacted) and <prefix>.dlq."""
 
     def action() -> None:
         from pipeline.runtime.topology import Topology
 
-        settings = load_settings(CommonOptions(config=config, index=index_name, bootstrap=bootstrap))
+        settings = load_settings(common)
         specs = Topology(settings).topic_specs(version)
         with kafka(settings) as (bus, _topics):
             bus.ensure_topics(specs)
@@ -113,125 +81,103 @@ def topics_create(
 
 
 @source_app.command("fs")
+@takes("config", "state_dir", "http", "bootstrap")
 def source_fs(
-    path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
+    common: CommonOptions,
+    path: sources.FolderArg,
     interval: RescanOpt = 2.0,
-    source: SourceNameOpt = "fs",
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    rebind: RebindOpt = False,
-    follow_symlinks: FollowLinksOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    http: HttpOpt = None,
-    bootstrap: BootstrapOpt = None,
+    source: sources.SourceNameOpt = "fs",
+    include: sources.IncludeOpt = None,
+    exclude: sources.ExcludeOpt = None,
+    rebind: sources.RebindOpt = False,
+    follow_symlinks: sources.FollowLinksOpt = False,
 ) -> None:
     """Publish PATH's new, changed and deleted files to <prefix>.changes, forever."""
-    common = CommonOptions(config=config, state_dir=state_dir, http=http, bootstrap=bootstrap)
     settings = run(lambda: load_settings(common))
-    fs = FsOptions(path, source, include, exclude, follow_symlinks, rebind)
-    src = run(lambda: fs_source(fs, settings, settings.state_dir / "sources"))
+    fs = sources.FsOptions(path, source, include, exclude, follow_symlinks, rebind)
+    src = run(lambda: sources.fs_source(fs, settings, settings.state_dir / "sources"))
     _publish(settings, src, interval)
 
 
 @source_app.command("sql")
+@takes("config", "state_dir", "http", "bootstrap")
 def source_sql(
-    url: DaemonSqlUrlOpt,
-    table: TableOpt = None,
-    query: QueryOpt = None,
-    key: KeyColumnOpt = "id",
-    version: CursorOpt = None,
-    text: TextOpt = None,
-    metadata: MetadataOpt = None,
-    deleted_column: DeletedColumnOpt = None,
-    lookback: LookbackOpt = 60.0,
-    key_diff_every: KeyDiffOpt = 300.0,
+    common: CommonOptions,
+    url: sources.DaemonSqlUrlOpt,
+    table: sources.TableOpt = None,
+    query: sources.QueryOpt = None,
+    key: sources.KeyColumnOpt = "id",
+    version: sources.CursorOpt = None,
+    text: sources.TextOpt = None,
+    metadata: sources.MetadataOpt = None,
+    deleted_column: sources.DeletedColumnOpt = None,
+    lookback: sources.LookbackOpt = 60.0,
+    key_diff_every: sources.KeyDiffOpt = 300.0,
     interval: Annotated[
         float, typer.Option(metavar="SECONDS", help="Seconds between polls.", callback=positive_seconds)
     ] = 2.0,
-    source: ConnectorNameOpt = None,
-    rebind: RebindOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    http: HttpOpt = None,
-    bootstrap: BootstrapOpt = None,
+    source: sources.ConnectorNameOpt = None,
+    rebind: sources.RebindOpt = False,
 ) -> None:
     """Publish a table's new, changed and deleted rows to <prefix>.changes, forever."""
-    common = CommonOptions(config=config, state_dir=state_dir, http=http, bootstrap=bootstrap)
     settings = run(lambda: load_settings(common))
-    rows = RowOptions(text, metadata, deleted_column)
-    sql = SqlOptions(url, table, query, key, version, rows, lookback, key_diff_every, source, rebind)
-    with closing(run(lambda: sql_source(sql, settings, settings.state_dir / "sources"))) as src:
+    rows = sources.RowOptions(text, metadata, deleted_column)
+    sql = sources.SqlOptions(url, table, query, key, version, rows, lookback, key_diff_every, source, rebind)
+    with closing(run(lambda: sources.sql_source(sql, settings, settings.state_dir / "sources"))) as src:
         _publish(settings, src, interval)
 
 
 @source_app.command("debezium")
+@takes("config", "state_dir", "http", "bootstrap")
 def source_debezium(
+    common: CommonOptions,
     topic: Annotated[
         list[str], typer.Option("--topic", metavar="TOPIC", help="Debezium change topic (repeatable).")
     ],
-    text: TextOpt = None,
+    text: sources.TextOpt = None,
     key: Annotated[
         str | None,
         typer.Option(
             "--key", metavar="COLUMN", help="The primary key column (default: the record key, which is it)."
         ),
     ] = None,
-    metadata: MetadataOpt = None,
-    deleted_column: DeletedColumnOpt = None,
+    metadata: sources.MetadataOpt = None,
+    deleted_column: sources.DeletedColumnOpt = None,
     group: Annotated[
         str | None, typer.Option(metavar="GROUP", help="Consumer group (default <prefix>.debezium.NAME).")
     ] = None,
     interval: Annotated[float, typer.Option(metavar="SECONDS", help="Pause between passes.")] = 0.0,
-    source: ConnectorNameOpt = None,
-    unavailable_value: UnavailableValueOpt = UNAVAILABLE_VALUE,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    http: HttpOpt = None,
-    bootstrap: BootstrapOpt = None,
+    source: sources.ConnectorNameOpt = None,
+    unavailable_value: sources.UnavailableValueOpt = UNAVAILABLE_VALUE,
 ) -> None:
     """Turn Debezium change topics into change events on <prefix>.changes, forever; offsets
     move only once the changes are published."""
-    common = CommonOptions(config=config, state_dir=state_dir, http=http, bootstrap=bootstrap)
     settings = run(lambda: load_settings(common))
-    rows = RowOptions(text, metadata, deleted_column)
-    options = DebeziumOptions(topic, group, key, rows, source, unavailable_value)
+    rows = sources.RowOptions(text, metadata, deleted_column)
+    options = sources.DebeziumOptions(topic, group, key, rows, source, unavailable_value)
     with kafka(settings) as (bus, _topics):
-        src = run(lambda: debezium_source(options, settings, bus, settings.state_dir / "sources"))
+        src = run(lambda: sources.debezium_source(options, settings, bus, settings.state_dir / "sources"))
         with closing(src):
             _publish(settings, src, interval)
 
 
 @app.command()
+@takes("config", "state_dir", "index", "model", "http", "bootstrap")
 def embed(
+    common: CommonOptions,
     version: VersionOpt = 1,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    model: ModelOpt = None,
-    http: HttpOpt = None,
-    bootstrap: BootstrapOpt = None,
 ) -> None:
     """Embedding worker: changes -> vectors. Run one per GPU; they share partitions in a group."""
-    common = CommonOptions(
-        config=config, state_dir=state_dir, index=index_name, model=model, http=http, bootstrap=bootstrap
-    )
     _worker("embed", version, common)
 
 
 @app.command()
+@takes("config", "state_dir", "index", "http", "bootstrap")
 def sink(
+    common: CommonOptions,
     version: VersionOpt = 1,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    http: HttpOpt = None,
-    bootstrap: BootstrapOpt = None,
 ) -> None:
     """Sink worker: vectors -> Qdrant (server via store.url, else the embedded engine, one owner)."""
-    common = CommonOptions(
-        config=config, state_dir=state_dir, index=index_name, http=http, bootstrap=bootstrap
-    )
     _worker("sink", version, common)
 
 

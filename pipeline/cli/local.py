@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from prometheus_client import CollectorRegistry
 
+from pipeline.cli import sources
 from pipeline.cli.app import app, load_settings, run
 from pipeline.cli.lookups import (
     dead_letters_reported_here,
@@ -23,14 +24,11 @@ from pipeline.cli.lookups import (
 )
 from pipeline.cli.options import (
     CommonOptions,
-    ConfigOpt,
-    IndexOpt,
     JsonOpt,
     MassDeleteOpt,
-    ModelOpt,
     RescanOpt,
-    StateOpt,
     parse_filters,
+    takes,
 )
 from pipeline.cli.render import (
     err,
@@ -45,31 +43,6 @@ from pipeline.cli.render import (
     shown,
 )
 from pipeline.cli.signals import stop_on_signals
-from pipeline.cli.sources import (
-    ConnectorNameOpt,
-    CursorOpt,
-    DeletedColumnOpt,
-    ExcludeOpt,
-    FollowLinksOpt,
-    FsOptions,
-    IncludeOpt,
-    JsonlOpt,
-    KeyColumnOpt,
-    KeyDiffOpt,
-    LookbackOpt,
-    MetadataOpt,
-    QueryOpt,
-    RebindOpt,
-    RowOptions,
-    SourceNameOpt,
-    SqlOptions,
-    SqlUrlOpt,
-    TableOpt,
-    TextOpt,
-    fs_source,
-    jsonl_source,
-    sql_source,
-)
 from pipeline.config.settings import Settings
 from pipeline.observability.prometheus import PrometheusObserver
 from pipeline.sources import Source
@@ -86,8 +59,8 @@ if TYPE_CHECKING:
 class OnePass:
     """What ``index`` reads: a folder, a table or a JSON lines file (exactly one is set)."""
 
-    fs: FsOptions | None
-    sql: SqlOptions | None
+    fs: sources.FsOptions | None
+    sql: sources.SqlOptions | None
     jsonl: Path | None
     name: str | None
     allow_mass_delete: bool
@@ -96,57 +69,54 @@ class OnePass:
     def source_at(self, settings: Settings, home: Path) -> Source:
         """The source, its checkpoint under ``home`` (a version's backfill has its own)."""
         if self.sql:
-            return sql_source(self.sql, settings, home)
+            return sources.sql_source(self.sql, settings, home)
         if self.jsonl:
-            return jsonl_source(self.jsonl, self.name, settings, home)
+            return sources.jsonl_source(self.jsonl, self.name, settings, home)
         assert self.fs is not None
-        return fs_source(self.fs, settings, home)
+        return sources.fs_source(self.fs, settings, home)
 
 
 @app.command()
+@takes("config", "state_dir", "index", "model")
 def index(
+    common: CommonOptions,
     path: Annotated[
         Path | None,
         typer.Argument(help="Directory of documents (or --sql-url, --jsonl).", exists=True, file_okay=False),
     ] = None,
-    source: ConnectorNameOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    rebind: RebindOpt = False,
+    source: sources.ConnectorNameOpt = None,
+    include: sources.IncludeOpt = None,
+    exclude: sources.ExcludeOpt = None,
+    rebind: sources.RebindOpt = False,
     allow_mass_delete: MassDeleteOpt = False,
-    follow_symlinks: FollowLinksOpt = False,
-    sql_url: SqlUrlOpt = None,
-    table: TableOpt = None,
-    query: QueryOpt = None,
-    key: KeyColumnOpt = "id",
-    version: CursorOpt = None,
-    lookback: LookbackOpt = 60.0,
-    key_diff_every: KeyDiffOpt = None,
-    text: TextOpt = None,
-    metadata: MetadataOpt = None,
-    deleted_column: DeletedColumnOpt = None,
-    jsonl: JsonlOpt = None,
+    follow_symlinks: sources.FollowLinksOpt = False,
+    sql_url: sources.SqlUrlOpt = None,
+    table: sources.TableOpt = None,
+    query: sources.QueryOpt = None,
+    key: sources.KeyColumnOpt = "id",
+    version: sources.CursorOpt = None,
+    lookback: sources.LookbackOpt = 60.0,
+    key_diff_every: sources.KeyDiffOpt = None,
+    text: sources.TextOpt = None,
+    metadata: sources.MetadataOpt = None,
+    deleted_column: sources.DeletedColumnOpt = None,
+    jsonl: sources.JsonlOpt = None,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    model: ModelOpt = None,
 ) -> None:
     """Index PATH, a table (--sql-url) or change events (--jsonl) once; unchanged text is never re-encoded."""
     given = [name for name, value in (("PATH", path), ("--sql-url", sql_url), ("--jsonl", jsonl)) if value]
     if len(given) != 1:
         shown = " and ".join(given) or "none"
         raise typer.BadParameter(f"give one of PATH, --sql-url and --jsonl, not {shown}")
-    rows = RowOptions(text, metadata, deleted_column)
+    rows = sources.RowOptions(text, metadata, deleted_column)
     every = key_diff_every or 0.0  # one pass: look for hard deletes every time
     sql = (
-        SqlOptions(sql_url, table, query, key, version, rows, lookback, every, source, rebind)
+        sources.SqlOptions(sql_url, table, query, key, version, rows, lookback, every, source, rebind)
         if sql_url
         else None
     )
-    fs = FsOptions(path, source or "fs", include, exclude, follow_symlinks, rebind) if path else None
+    fs = sources.FsOptions(path, source or "fs", include, exclude, follow_symlinks, rebind) if path else None
     one = OnePass(fs, sql, jsonl, source, allow_mass_delete, progress=not as_json)
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, model=model)
     summary, backfilled, invalid = run(lambda: _index_once(one, common))
     print_backfills(backfilled)
     if as_json:
@@ -192,33 +162,31 @@ def _ready_for_small_runs(pipeline: EmbeddedPipeline) -> None:
 
 
 @app.command()
+@takes("config", "state_dir", "index", "model")
 def watch(
-    path: Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)],
+    common: CommonOptions,
+    path: sources.FolderArg,
     interval: RescanOpt = 1.0,
-    source: SourceNameOpt = "fs",
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    rebind: RebindOpt = False,
+    source: sources.SourceNameOpt = "fs",
+    include: sources.IncludeOpt = None,
+    exclude: sources.ExcludeOpt = None,
+    rebind: sources.RebindOpt = False,
     allow_mass_delete: MassDeleteOpt = False,
-    follow_symlinks: FollowLinksOpt = False,
+    follow_symlinks: sources.FollowLinksOpt = False,
     http: Annotated[
         str | None,
         typer.Option(
             metavar="HOST:PORT", help="Address for /metrics, /search.", envvar="EMBEDSTREAM_HTTP__ADDR"
         ),
     ] = None,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    model: ModelOpt = None,
 ) -> None:
     """Keep following PATH until Ctrl-C; answers `embedstream search` from other terminals."""
-    fs = FsOptions(path, source, include, exclude, follow_symlinks, rebind)
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, model=model, http=http)
-    run(lambda: _watch(fs, common, interval, allow_mass_delete=allow_mass_delete))
+    fs = sources.FsOptions(path, source, include, exclude, follow_symlinks, rebind)
+    with_http = replace(common, http=http)
+    run(lambda: _watch(fs, with_http, interval, allow_mass_delete=allow_mass_delete))
 
 
-def _watch(fs: FsOptions, common: CommonOptions, interval: float, *, allow_mass_delete: bool) -> None:
+def _watch(fs: sources.FsOptions, common: CommonOptions, interval: float, *, allow_mass_delete: bool) -> None:
     from pipeline.runtime.backfill import backfill_source
     from pipeline.runtime.embedded import EmbeddedPipeline
     from pipeline.runtime.local import watch_source
@@ -236,16 +204,20 @@ def _watch(fs: FsOptions, common: CommonOptions, interval: float, *, allow_mass_
         serve_pipeline(pipeline, registry, settings.http.addr) as url,
         stop_on_signals(stop, settings.drain_timeout_s),
     ):
-        src = fs_source(fs, settings, settings.index_home)
+        src = sources.fs_source(fs, settings, settings.index_home)
         print_watching(fs.path, interval, url)
         # A migration in progress: the folder is replayed into the new version(s) first.
-        print_backfills(backfill_source(pipeline, src.name, lambda home: fs_source(fs, settings, home)))
+        print_backfills(
+            backfill_source(pipeline, src.name, lambda home: sources.fs_source(fs, settings, home))
+        )
         watch_source(pipeline, src, stop, interval, pass_reporter(), allow_mass_delete=allow_mass_delete)
     err.print("stopped cleanly")
 
 
 @app.command()
+@takes("config", "state_dir", "index", "model")
 def search(
+    common: CommonOptions,
     query: Annotated[str, typer.Argument(metavar="QUERY", help="What to look for, in plain words.")],
     k: Annotated[
         int,
@@ -270,16 +242,11 @@ def search(
         ),
     ] = None,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    model: ModelOpt = None,
 ) -> None:
     """Ranked documents for QUERY: best chunk per document, with score and snippet."""
     if not query.strip():
         raise typer.BadParameter("is empty: say what to look for", param_hint="QUERY")
     filters = parse_filters(filter_ or [])
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, model=model)
     answer = run(lambda: search_store(load_settings(common), query, k, filters))
     if as_json:
         print_json(answer.results)
@@ -288,14 +255,12 @@ def search(
 
 
 @app.command()
+@takes("config", "state_dir", "index")
 def status(
+    common: CommonOptions,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
 ) -> None:
     """Collections of the index, which one the alias serves, document and point counts."""
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name)
     settings = run(lambda: load_settings(common))
     result = run(lambda: store_status(settings))
     if missing := missing_state_dir(settings):
@@ -308,7 +273,8 @@ def status(
 
 
 # Registered last by pipeline/cli/__init__.py: `embedstream --help` lists it after the others.
-def show_config(config: ConfigOpt = None, state_dir: StateOpt = None) -> None:
+@takes("config", "state_dir")
+def show_config(common: CommonOptions) -> None:
     """Print the effective configuration (flags > env > TOML > defaults), secrets masked."""
-    settings = run(lambda: load_settings(CommonOptions(config=config, state_dir=state_dir)))
+    settings = run(lambda: load_settings(common))
     sys.stdout.write(settings.masked_json() + "\n")

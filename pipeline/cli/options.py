@@ -7,6 +7,8 @@ environment variable gets. Every option names its environment variable in ``--he
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +91,55 @@ class CommonOptions:
             *flag("http.addr", self.http, "--http"),
             *flag("kafka.bootstrap", self.bootstrap, "--bootstrap"),
         ]
+
+
+#: Each shared option: its parameter name (what typer names the option after, when the option
+#: gives no name of its own) and its declaration.
+_SHARED: dict[str, tuple[str, Any]] = {
+    "config": ("config", ConfigOpt),
+    "state_dir": ("state_dir", StateOpt),
+    "index": ("index_name", IndexOpt),
+    "model": ("model", ModelOpt),
+    "http": ("http", HttpOpt),
+    "bootstrap": ("bootstrap", BootstrapOpt),
+}
+
+Command = Callable[..., None]
+
+
+def takes(*fields: str) -> Callable[[Command], Command]:
+    """Give a command the shared options ``fields`` (names of :class:`CommonOptions` fields).
+
+    They are appended, in this order, after the command's own parameters (``--help`` lists
+    them last), and the command receives their values as one parameter instead of one each:
+    ``common: CommonOptions``, declared first by convention.
+    """
+    unknown = set(fields) - set(_SHARED)
+    if unknown:
+        raise ValueError(f"no shared option {sorted(unknown)}")
+
+    def declare(command: Command) -> Command:
+        own = inspect.signature(command, eval_str=True)
+        shared = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=declared)
+            for name, declared in (_SHARED[field] for field in fields)
+        ]
+        kept = [p for p in own.parameters.values() if p.name != "common"]
+        signature = own.replace(parameters=[*kept, *shared])
+
+        @functools.wraps(command)
+        def with_shared(*args: Any, **kwargs: Any) -> None:
+            values = {field: kwargs.pop(_SHARED[field][0]) for field in fields}
+            command(*args, common=CommonOptions(**values), **kwargs)
+
+        # typer reads the parameters from the signature and their types from the annotations.
+        vars(with_shared).update(
+            __signature__=signature,
+            __annotations__={p.name: p.annotation for p in signature.parameters.values()},
+        )
+        return with_shared
+
+    return declare
 
 
 def shared_flags(state_dir: Path | None, index: str | None, model: str | None) -> list[Override]:

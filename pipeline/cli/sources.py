@@ -45,6 +45,8 @@ ConnectorNameOpt = Annotated[
         "stream per index. Default: fs, the table's name, or jsonl.",
     ),
 ]
+#: The folder a filesystem command follows (watch, source fs).
+FolderArg = Annotated[Path, typer.Argument(help="Directory of documents.", exists=True, file_okay=False)]
 SourceNameOpt = Annotated[
     str,
     typer.Option(

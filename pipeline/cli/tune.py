@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pipeline.cli.app import app, load_settings, run
-from pipeline.cli.options import CommonOptions, ConfigOpt, IndexOpt, JsonOpt, StateOpt
+from pipeline.cli.options import CommonOptions, JsonOpt, takes
 from pipeline.cli.render import err, out, print_json, shown
 
 if TYPE_CHECKING:
@@ -39,7 +39,9 @@ def _fraction(value: float) -> float:
 
 
 @app.command("tune")
+@takes("config", "state_dir", "index")
 def tune_command(
+    common: CommonOptions,
     out_dir: Annotated[
         Path, typer.Option("--out", metavar="DIR", help="New folder for the tuned model (must not exist).")
     ],
@@ -70,9 +72,6 @@ def tune_command(
         int, typer.Option(metavar="N", help="Seeds the split, the sampling and the training.")
     ] = 42,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
 ) -> None:
     """Fine-tune the index's model on its own documents; `migrate start --model DIR` takes it live."""
     if out_dir.exists():
@@ -83,10 +82,9 @@ def tune_command(
     def action() -> TuneReport:
         from pipeline.runtime.tune import TuneParams, tune
 
-        if index_arg and index_name and index_arg != index_name:
-            raise typer.BadParameter(f"INDEX {index_arg!r} and --index {index_name!r} disagree")
-        common = CommonOptions(config=config, state_dir=state_dir, index=index_name)
-        settings = load_settings(replace(common, index=index_arg or index_name))
+        if index_arg and common.index and index_arg != common.index:
+            raise typer.BadParameter(f"INDEX {index_arg!r} and --index {common.index!r} disagree")
+        settings = load_settings(replace(common, index=index_arg or common.index))
         dims = tuple(int(p) for p in matryoshka.split(",")) if matryoshka else ()
         params = TuneParams(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, negatives=negatives,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pipeline.cli.app import EXIT_FAILURE, app, load_settings, run
-from pipeline.cli.options import CommonOptions, ConfigOpt, IndexOpt, JsonOpt, ModelOpt, StateOpt
+from pipeline.cli.options import CommonOptions, JsonOpt, takes
 from pipeline.cli.render import out, print_json
 from pipeline.cli.sources import ExcludeOpt, FollowLinksOpt, FsOptions, IncludeOpt, SourceNameOpt, fs_source
 from pipeline.config.settings import Settings
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 
 @app.command()
+@takes("config", "state_dir", "index", "model")
 def verify(
+    common: CommonOptions,
     path: Annotated[
         Path | None,
         typer.Argument(
@@ -43,14 +45,9 @@ def verify(
         typer.Option(min=0, max=100_000, metavar="N", help="Stored vectors compared with a fresh encoding."),
     ] = 50,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    model: ModelOpt = None,
 ) -> None:
     """Compare the index with its folders: documents, text digests, points, a sample of vectors."""
     folders = FsOptions(path, source, include, exclude, follow_symlinks, False) if path else None
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, model=model)
     before, after = run(lambda: _verify(folders, common, sample, repair=repair))
     final = after or before
     if as_json:

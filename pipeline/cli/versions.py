@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args
 import typer
 
 from pipeline.cli.app import app, load_settings, migrate_app, run
-from pipeline.cli.options import BootstrapOpt, CommonOptions, ConfigOpt, IndexOpt, JsonOpt, StateOpt
+from pipeline.cli.options import CommonOptions, JsonOpt, takes
 from pipeline.cli.render import (
     print_comparison,
     print_created,
@@ -97,7 +97,9 @@ def _known_index(admin: Admin) -> None:
 
 
 @migrate_app.command("start")
+@takes("config", "state_dir", "index", "bootstrap")
 def migrate_start(
+    common: CommonOptions,
     index_arg: IndexArg = None,
     new_model: Annotated[
         str | None,
@@ -119,10 +121,6 @@ def migrate_start(
     reencode: Annotated[
         bool, typer.Option("--reencode", metavar="", help="Encode again even for the live version's model.")
     ] = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    bootstrap: BootstrapOpt = None,
 ) -> None:
     """Create version N+1 beside the live one; it backfills, then follows every change."""
     from pipeline.runtime.admin import StorageChoice, next_steps, start
@@ -132,12 +130,13 @@ def migrate_start(
         spec = start(admin, StorageChoice(new_model, dims, datatype, quantization), reencode=reencode)
         return spec, next_steps(admin, spec)
 
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
     print_created(*_on_index(index_arg, common, begin))
 
 
 @migrate_app.command("status")
+@takes("config", "state_dir", "index", "bootstrap")
 def migrate_status(
+    common: CommonOptions,
     index_arg: IndexArg = None,
     evaluate: Annotated[
         bool,
@@ -146,10 +145,6 @@ def migrate_status(
         ),
     ] = True,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    bootstrap: BootstrapOpt = None,
 ) -> None:
     """Every version: role, documents and points, lag, and evaluation scores."""
     from pipeline.runtime.admin import states
@@ -157,7 +152,6 @@ def migrate_status(
     def rows_of(admin: Admin) -> list[dict[str, Any]]:
         return [_state_row(state) for state in states(admin, evaluate=evaluate)]
 
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
     rows = _on_index(index_arg, common, rows_of)
     for row in rows:
         if row["eval"] is not None:
@@ -188,7 +182,9 @@ def _state_row(state: VersionState) -> dict[str, Any]:
 
 
 @migrate_app.command("promote")
+@takes("config", "state_dir", "index", "bootstrap")
 def migrate_promote(
+    common: CommonOptions,
     index_arg: IndexArg = None,
     version: Annotated[
         int | None, typer.Option("--version", min=1, help="Version to promote (default: newest not live).")
@@ -196,29 +192,22 @@ def migrate_promote(
     force: Annotated[
         bool, typer.Option("--force", metavar="", help="Promote even if a gate refuses (logged).")
     ] = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    bootstrap: BootstrapOpt = None,
 ) -> None:
     """Move the alias to a version that caught up, holds every document and evaluates as well."""
     from pipeline.runtime.admin import promote_version
 
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
     swap = _on_index(index_arg, common, lambda admin: promote_version(admin, version, force=force))
     print_swap(swap, "promoted")
 
 
 @migrate_app.command("rollback")
+@takes("config", "state_dir", "index", "bootstrap")
 def migrate_rollback(
+    common: CommonOptions,
     index_arg: IndexArg = None,
     to: Annotated[
         int | None, typer.Option("--to", min=1, help="Version (default: the one live before).")
     ] = None,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    bootstrap: BootstrapOpt = None,
 ) -> None:
     """Move the alias back to the version the live one replaced: one atomic call."""
     from pipeline.runtime.admin import list_versions, rollback_version
@@ -230,45 +219,38 @@ def migrate_rollback(
             raise ConfigError(f"index {admin.name!r} has no version {to} (versions: {shown})")
         return rollback_version(admin, to)
 
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
     swap = _on_index(index_arg, common, roll_back)
     print_swap(swap, "rolled back to")
 
 
 @migrate_app.command("gc")
+@takes("config", "state_dir", "index", "bootstrap")
 def migrate_gc(
+    common: CommonOptions,
     index_arg: IndexArg = None,
     abandon: Annotated[
         list[int] | None,
         typer.Option("--abandon", metavar="N", min=1, help="Also drop this never-live version."),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="Only say what would go.")] = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    bootstrap: BootstrapOpt = None,
 ) -> None:
     """Drop versions no alias points to, unaliased over index.gc_retention_hours ago."""
     from pipeline.runtime.admin import gc
 
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
     choice = _on_index(index_arg, common, lambda admin: gc(admin, abandon or [], dry_run=dry_run))
     print_gc(choice, dry_run=dry_run)
 
 
 @app.command("index-versions")
+@takes("config", "state_dir", "index", "bootstrap")
 def index_versions(
+    common: CommonOptions,
     index_arg: IndexArg = None,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
-    index_name: IndexOpt = None,
-    bootstrap: BootstrapOpt = None,
 ) -> None:
     """Every version of the index: role, model, dims, datatype, quantization, chunker."""
     from pipeline.runtime.admin import list_versions
 
-    common = CommonOptions(config=config, state_dir=state_dir, index=index_name, bootstrap=bootstrap)
     rows = _on_index(index_arg, common, list_versions)
     if as_json:
         print_json(rows)
@@ -277,7 +259,9 @@ def index_versions(
 
 
 @app.command("eval")
+@takes("config", "state_dir")
 def eval_index(
+    common: CommonOptions,
     queries: Annotated[Path, typer.Option(metavar="Q.jsonl", help="BEIR queries (one {_id, text} a line).")],
     qrels: Annotated[Path, typer.Option(metavar="QRELS.tsv", help="BEIR qrels: query-id, corpus-id, score.")],
     target: Annotated[
@@ -288,8 +272,6 @@ def eval_index(
         typer.Option(metavar="vA vB", help="Two versions side by side (the first is the baseline)."),
     ] = None,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateOpt = None,
 ) -> None:
     """nDCG@10, MRR@10, Recall@10/@100, latency p50/p99 and bytes per vector of a version."""
 
@@ -298,7 +280,7 @@ def eval_index(
 
         name, number = parse_target(target) if target else (None, None)
         numbers = [parse_target(v)[1] for v in compare] if compare else [number]
-        settings = load_settings(CommonOptions(config=config, state_dir=state_dir, index=name))
+        settings = load_settings(replace(common, index=name))
         with _admin(settings, kafka=False) as admin:
             return evaluate_versions(admin, numbers, QuerySet.load(queries, qrels))
 

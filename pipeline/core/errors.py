@@ -65,10 +65,14 @@ class RetryableError(EmbedstreamError):
 
 
 class BusUnavailable(RetryableError):
+    """The broker is down, or a produce or commit timed out."""
+
     reason = "bus_unavailable"
 
 
 class StoreUnavailable(RetryableError):
+    """Qdrant is down or timing out."""
+
     reason = "store_unavailable"
 
 
@@ -79,10 +83,14 @@ class PoisonError(EmbedstreamError):
 
 
 class InvalidEvent(PoisonError):
+    """Bad JSON, a schema violation or an unknown ``schema_version``."""
+
     reason = "invalid_event"
 
 
 class DocumentTooLarge(PoisonError):
+    """Text over ``limits.max_doc_bytes``, or more chunks than ``limits.max_chunks_per_doc``."""
+
     reason = "too_large"
 
 
@@ -102,10 +110,14 @@ class MessageTooLarge(PoisonError):
 
 
 class EmptyDocument(PoisonError):
+    """Nothing is left of the text after normalization."""
+
     reason = "empty_text"
 
 
 class InvalidVectors(PoisonError):
+    """NaN or infinite values, or a wrong dimension, from the encoder."""
+
     reason = "invalid_vectors"
 
 
@@ -144,6 +156,8 @@ class ConfigError(FatalError):
 
 
 class StoreLocked(FatalError):
+    """Another process owns the embedded store (its WAL lock is held)."""
+
     reason = "store_locked"
 
 
@@ -158,4 +172,6 @@ class AuthenticationFailed(FatalError):
 
 
 class ModelNotAvailable(FatalError):
+    """The model is not on this machine, and nothing is downloaded at run time."""
+
     reason = "model_not_available"

@@ -28,11 +28,15 @@ Progress = Callable[[float, int | None], None]  # (documents done, total if know
 
 @dataclass
 class IndexSummary:
+    """What one pass did, as ``index`` reports it."""
+
+    # Documents, by outcome.
     added: int = 0
     changed: int = 0
     unchanged: int = 0
     deleted: int = 0
-    stale: int = 0
+    stale: int = 0  # older than what the index holds: not applied
+    # Chunks: sent to the model, and taken from the embedding cache instead.
     encoded: int = 0
     reused: int = 0
     seconds: float = 0.0

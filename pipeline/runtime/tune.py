@@ -65,13 +65,15 @@ class TuneParams:
     epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = 0.1  # of the steps, with the learning rate rising from 0
+    #: Hard negatives per query, mined from the index's own top ``depth`` hits; a hit scoring
+    #: over ``ceiling`` x the positive's score is taken for a near-duplicate and passed over.
     negatives: int = 1
     depth: int = 10
     ceiling: float = 0.95
-    held_out: float = 0.2
+    held_out: float = 0.2  # share of the queries kept out of training, to measure the result
     seed: int = 42
-    matryoshka: tuple[int, ...] = ()
+    matryoshka: tuple[int, ...] = ()  # dimensions also trained for truncation (none: full only)
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@ Qdrant libraries; they translate its errors into :mod:`pipeline.core.errors` typ
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 Scalar = str | int | bool
 Scrolled = tuple[str, dict[str, Any]]  # a point's id and payload
+SCROLL_PAGE = 1000  # points per scroll request
 
 #: Payload fields every point of an index carries: which document it belongs to, and the
 #: document version that wrote it. Guarded writes and sweeps are expressed over them.
@@ -130,8 +131,6 @@ class VectorStore(Protocol):
 
     def count(self, name: str, filters: Mapping[str, Scalar] | None = None) -> int: ...
 
-    def scroll_ids(self, name: str) -> list[str]: ...
-
     def scroll(self, name: str, filters: Mapping[str, Scalar] | None = None) -> list[Scrolled]:
         """Every point (id, payload) matching ``filters``."""
 
@@ -144,3 +143,15 @@ class VectorStore(Protocol):
         """Make every acknowledged write durable before offsets are committed."""
 
     def close(self) -> None: ...
+
+
+def scroll_pages(page: Callable[[Any], tuple[Sequence[Any], Any]]) -> list[Scrolled]:
+    """Every point of a paged scroll: ``page(offset)`` answers records (each with ``id`` and
+    ``payload``) and the next page's offset, None after the last one."""
+    found: list[Scrolled] = []
+    offset: Any = None
+    while True:
+        records, offset = page(offset)
+        found.extend((str(r.id), dict(r.payload or {})) for r in records)
+        if offset is None:
+            return found

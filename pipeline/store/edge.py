@@ -20,6 +20,7 @@ import qdrant_edge as qe
 from pipeline.core.errors import ConfigError, StoreLocked, StoreRejected, StoreUnavailable
 from pipeline.store import (
     DOC_KEY,
+    SCROLL_PAGE,
     VERSION,
     VERSION_HI,
     VERSION_LO,
@@ -30,6 +31,7 @@ from pipeline.store import (
     Scrolled,
     SearchOptions,
     Sweep,
+    scroll_pages,
     version_parts,
     with_version_parts,
 )
@@ -137,23 +139,16 @@ class EdgeStore:
         request = qe.CountRequest(exact=True, filter=_filter(filters))
         return int(_call(self._shard(name).count, request))
 
-    def scroll_ids(self, name: str) -> list[str]:
-        return [point_id for point_id, _ in self._scroll(name, None, with_payload=False)]
-
     def scroll(self, name: str, filters: Mapping[str, Scalar] | None = None) -> list[Scrolled]:
-        return self._scroll(name, _filter(filters), with_payload=True)
+        selected = _filter(filters)
 
-    def _scroll(self, name: str, selected: qe.Filter | None, *, with_payload: bool) -> list[Scrolled]:
-        found: list[Scrolled] = []
-        offset: Any = None
-        while True:
+        def page(offset: Any) -> tuple[Sequence[Any], Any]:
             request = qe.ScrollRequest(
-                offset=offset, limit=1000, filter=selected, with_payload=with_payload, with_vector=False
+                offset=offset, limit=SCROLL_PAGE, filter=selected, with_payload=True, with_vector=False
             )
-            records, offset = _call(self._shard(name).scroll, request)
-            found.extend((str(r.id), dict(r.payload or {})) for r in records)
-            if offset is None:
-                return found
+            return _call(self._shard(name).scroll, request)  # type: ignore[no-any-return]
+
+        return scroll_pages(page)
 
     def get_alias(self, alias: str) -> str | None:
         return self._aliases().get(alias)

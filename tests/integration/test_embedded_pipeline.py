@@ -261,7 +261,7 @@ def event(doc_id: str, version: int, text: str | None) -> ChangeEvent:
 def doc_texts(pipe: EmbeddedPipeline, key: str) -> set[str]:
     version = live_version(pipe.store, pipe.settings.index.name)
     assert version is not None
-    ids = pipe.store.scroll_ids(version.collection)
+    ids = [i for i, _ in pipe.store.scroll(version.collection)]
     return {p["text"] for p in pipe.store.retrieve(version.collection, ids).values() if p["doc_key"] == key}
 
 

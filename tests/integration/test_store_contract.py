@@ -42,6 +42,10 @@ def name() -> Names:
     return Names()
 
 
+def ids_in(store: VectorStore, collection: str) -> list[str]:
+    return [point_id for point_id, _ in store.scroll(collection)]
+
+
 def open_store(kind: str, tmp_path: Path, qdrant: QdrantEndpoint | None, **options: int) -> VectorStore:
     """A new adapter of ``kind``; ``options`` go to ServerStore (e.g. max_request_bytes)."""
     if kind == "edge":
@@ -110,7 +114,7 @@ def test_upsert_is_idempotent_and_delete_removes(store, name):
     store.upsert(name("c"), written)
     store.delete(name("c"), [written[0].id, written[1].id])
     assert store.count(name("c")) == 3
-    assert set(store.scroll_ids(name("c"))) == {p.id for p in written[2:]}
+    assert set(ids_in(store, name("c"))) == {p.id for p in written[2:]}
     assert set(store.retrieve(name("c"), [p.id for p in written])) == {p.id for p in written[2:]}
 
 
@@ -176,14 +180,12 @@ def test_guarded_upsert_never_overwrites_a_newer_version(store, name):
     store.upsert(name("c"), versioned("a", 5, range(3)))
     store.upsert(name("c"), versioned("a", 3, range(5)), guarded=True)
     versions = {
-        p["metadata"]["n"]: p["version"]
-        for p in store.retrieve(name("c"), store.scroll_ids(name("c"))).values()
+        p["metadata"]["n"]: p["version"] for p in store.retrieve(name("c"), ids_in(store, name("c"))).values()
     }
     assert versions == {0: 5, 1: 5, 2: 5, 3: 3, 4: 3}
     store.upsert(name("c"), versioned("a", 5, range(1)) + versioned("a", 7, range(1, 2)), guarded=True)
     versions = {
-        p["metadata"]["n"]: p["version"]
-        for p in store.retrieve(name("c"), store.scroll_ids(name("c"))).values()
+        p["metadata"]["n"]: p["version"] for p in store.retrieve(name("c"), ids_in(store, name("c"))).values()
     }
     assert versions == {0: 5, 1: 7, 2: 5, 3: 3, 4: 3}
 
@@ -211,9 +213,9 @@ def test_sweep_deletes_a_documents_superseded_points_only(store, name):
     store.upsert(name("c"), current + ghosts + newer + other)
     deleted = store.sweep(name("c"), [Sweep("a", 4, frozenset(p.id for p in current)), Sweep("zzz", 9)])
     assert deleted == 3
-    assert set(store.scroll_ids(name("c"))) == {p.id for p in current + newer + other}
+    assert set(ids_in(store, name("c"))) == {p.id for p in current + newer + other}
     assert store.sweep(name("c"), [Sweep("b", 1)]) == 2
-    assert set(store.scroll_ids(name("c"))) == {p.id for p in current + newer}
+    assert set(ids_in(store, name("c"))) == {p.id for p in current + newer}
 
 
 def test_scroll_returns_payloads_matching_the_filter(store, name):
@@ -233,7 +235,7 @@ def test_points_without_a_version_are_treated_as_oldest(store, name):
     store.upsert(name("c"), versioned("a", 1, range(1)), guarded=True)
     assert store.retrieve(name("c"), [legacy[0].id])[legacy[0].id]["version"] == 1
     assert store.sweep(name("c"), [Sweep("a", 1, frozenset({legacy[0].id}))]) == 1
-    assert store.scroll_ids(name("c")) == [legacy[0].id]
+    assert ids_in(store, name("c")) == [legacy[0].id]
 
 
 def test_a_write_the_store_refuses_is_store_rejected(store, name):
@@ -266,7 +268,7 @@ def test_large_writes_are_split_into_bounded_requests(server_kind, tmp_path, qdr
         store.upsert(name("c"), written)
         assert store.count(name("c")) == 120
         store.delete(name("c"), [p.id for p in written[:100]])
-        assert set(store.scroll_ids(name("c"))) == {p.id for p in written[100:]}
+        assert set(ids_in(store, name("c"))) == {p.id for p in written[100:]}
     finally:
         store.drop_collection(name("c"))
         store.close()
@@ -319,7 +321,7 @@ def test_versions_compare_exactly_at_nanosecond_scale(store, name):
     store.create_collection(c, CollectionSpec(8))
     store.upsert(c, versioned("a", base, range(2)))
     store.upsert(c, versioned("a", base - 1, range(2)), guarded=True)
-    assert {p["version"] for p in store.retrieve(c, store.scroll_ids(c)).values()} == {base}
+    assert {p["version"] for p in store.retrieve(c, ids_in(store, c)).values()} == {base}
     store.upsert(c, versioned("a", base + 1, range(1)), guarded=True)
     assert store.sweep(c, [Sweep("a", base - 1)]) == 0
     assert store.sweep(c, [Sweep("a", base)]) == 1

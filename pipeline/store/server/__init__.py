@@ -36,6 +36,7 @@ from pipeline.core.errors import (
 )
 from pipeline.store import (
     DOC_KEY,
+    SCROLL_PAGE,
     VERSION,
     VERSION_HI,
     VERSION_LO,
@@ -48,6 +49,7 @@ from pipeline.store import (
     Scrolled,
     SearchOptions,
     Sweep,
+    scroll_pages,
     version_parts,
     with_version_parts,
 )
@@ -313,27 +315,15 @@ class ServerStore:
     def count(self, name: str, filters: Mapping[str, Scalar] | None = None) -> int:
         return int(self._call(self._client.count, name, count_filter=_filter(filters), exact=True).count)
 
-    def scroll_ids(self, name: str) -> list[str]:
-        return [point_id for point_id, _ in self._scroll(name, None, with_payload=False)]
-
     def scroll(self, name: str, filters: Mapping[str, Scalar] | None = None) -> list[Scrolled]:
-        return self._scroll(name, _filter(filters), with_payload=True)
+        selected = _filter(filters)
 
-    def _scroll(self, name: str, selected: qm.Filter | None, *, with_payload: bool) -> list[Scrolled]:
-        found: list[Scrolled] = []
-        offset: Any = None
-        while True:
-            records, offset = self._call(
-                self._client.scroll,
-                name,
-                scroll_filter=selected,
-                limit=1000,
-                offset=offset,
-                with_payload=with_payload,
+        def page(offset: Any) -> tuple[Sequence[Any], Any]:
+            return self._call(
+                self._client.scroll, name, scroll_filter=selected, limit=SCROLL_PAGE, offset=offset
             )
-            found.extend((str(r.id), dict(r.payload or {})) for r in records)
-            if offset is None:
-                return found
+
+        return scroll_pages(page)
 
     def get_alias(self, alias: str) -> str | None:
         for description in self._call(self._client.get_aliases).aliases:

@@ -21,46 +21,52 @@ from pipeline.config.layers import Override
 from pipeline.config.settings import ENV_PREFIX
 from pipeline.versions.search import parse_filter
 
+
+def env_var(key: str) -> str:
+    """The environment variable of a setting: ``index.name`` is ``EMBEDSTREAM_INDEX__NAME``."""
+    return ENV_PREFIX + key.upper().replace(".", "__")
+
+
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", metavar="FILE", help="TOML settings file.", envvar="EMBEDSTREAM_CONFIG"),
+    typer.Option("--config", "-c", metavar="FILE", help="TOML settings file.", envvar=env_var("config")),
 ]
 StateOpt = Annotated[
     Path | None,
     typer.Option(
         metavar="DIR",
         help="Where the embedded store, cache and checkpoints live.",
-        envvar="EMBEDSTREAM_STATE_DIR",
+        envvar=env_var("state_dir"),
     ),
 ]
 IndexOpt = Annotated[
     str | None,
-    typer.Option("--index", metavar="NAME", help="Index (alias) name.", envvar="EMBEDSTREAM_INDEX__NAME"),
+    typer.Option("--index", metavar="NAME", help="Index (alias) name.", envvar=env_var("index.name")),
 ]
 ModelOpt = Annotated[
     str | None,
     typer.Option(
         metavar="MODEL",
         help="Model directory, or all-MiniLM-L6-v2 (bundled).",
-        envvar="EMBEDSTREAM_MODEL__NAME",
+        envvar=env_var("model.name"),
     ),
 ]
 # metavar="" shows a flag as a flag (typer would print <bool>).
 JsonOpt = Annotated[
     bool,
-    typer.Option(
-        "--json", metavar="", help="Print one JSON document for scripts.", envvar="EMBEDSTREAM_JSON"
-    ),
+    typer.Option("--json", metavar="", help="Print one JSON document for scripts.", envvar=env_var("json")),
 ]
 HttpOpt = Annotated[
     str | None,
-    typer.Option(
-        "--http", help="host:port for /metrics, /healthz, /readyz.", envvar="EMBEDSTREAM_HTTP__ADDR"
-    ),
+    typer.Option("--http", help="host:port for /metrics, /healthz, /readyz.", envvar=env_var("http.addr")),
+]
+# Commands on one index take its name as an argument too: `migrate status docs`.
+IndexArg = Annotated[
+    str | None, typer.Argument(metavar="[INDEX]", help="Index (alias) name; default: --index / index.name.")
 ]
 BootstrapOpt = Annotated[
     str | None,
-    typer.Option("--bootstrap", help="Kafka bootstrap servers.", envvar="EMBEDSTREAM_KAFKA__BOOTSTRAP"),
+    typer.Option("--bootstrap", help="Kafka bootstrap servers.", envvar=env_var("kafka.bootstrap")),
 ]
 
 MassDeleteOpt = Annotated[
@@ -84,18 +90,27 @@ class CommonOptions:
     model: str | None = None
     http: str | None = None
     bootstrap: str | None = None
+    target: str | None = None  # the INDEX argument
 
     def flags(self) -> list[Override]:
         return [
-            *shared_flags(self.state_dir, self.index, self.model),
+            *shared_flags(self.state_dir, self.index_name(), self.model),
             *flag("http.addr", self.http, "--http"),
             *flag("kafka.bootstrap", self.bootstrap, "--bootstrap"),
         ]
+
+    def index_name(self) -> str | None:
+        """INDEX or --index: given both, they must agree."""
+        if self.target and self.index and self.target != self.index:
+            msg = f"INDEX {self.target!r} and --index {self.index!r} disagree"
+            raise typer.BadParameter(msg, param_hint="INDEX")
+        return self.target or self.index
 
 
 #: Each shared option: its parameter name (what typer names the option after, when the option
 #: gives no name of its own) and its declaration.
 _SHARED: dict[str, tuple[str, Any]] = {
+    "target": ("index_arg", IndexArg),
     "config": ("config", ConfigOpt),
     "state_dir": ("state_dir", StateOpt),
     "index": ("index_name", IndexOpt),
@@ -156,8 +171,7 @@ def flag(key: str, value: object, option: str) -> list[Override]:
     variable: the settings read that variable themselves and name it, not the flag, in errors."""
     if value is None:
         return []
-    envvar = ENV_PREFIX + key.upper().replace(".", "__")
-    from_env = os.environ.get(envvar)
+    from_env = os.environ.get(env_var(key))
     if from_env is not None and value == (Path(from_env) if isinstance(value, Path) else from_env):
         return []
     return [Override(key, value, f"flag {option}")]

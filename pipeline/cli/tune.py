@@ -4,7 +4,6 @@ then decide whether it goes live (:mod:`pipeline.runtime.tune`)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,10 +16,6 @@ from pipeline.cli.render import err, out, print_json, shown
 if TYPE_CHECKING:
     from pipeline.runtime.tune import TuneReport
     from pipeline.versions.evaluation import EvalReport
-
-IndexArg = Annotated[
-    str | None, typer.Argument(metavar="[INDEX]", help="Index (alias) name; default: --index / index.name.")
-]
 
 
 def _dims(value: str | None) -> str | None:
@@ -39,13 +34,12 @@ def _fraction(value: float) -> float:
 
 
 @app.command("tune")
-@takes("config", "state_dir", "index")
+@takes("target", "config", "state_dir", "index")
 def tune_command(
     common: CommonOptions,
     out_dir: Annotated[
         Path, typer.Option("--out", metavar="DIR", help="New folder for the tuned model (must not exist).")
     ],
-    index_arg: IndexArg = None,
     pairs: Annotated[
         Path | None,
         typer.Option(
@@ -82,9 +76,7 @@ def tune_command(
     def action() -> TuneReport:
         from pipeline.runtime.tune import TuneParams, tune
 
-        if index_arg and common.index and index_arg != common.index:
-            raise typer.BadParameter(f"INDEX {index_arg!r} and --index {common.index!r} disagree")
-        settings = load_settings(replace(common, index=index_arg or common.index))
+        settings = load_settings(common)
         dims = tuple(int(p) for p in matryoshka.split(",")) if matryoshka else ()
         params = TuneParams(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, negatives=negatives,

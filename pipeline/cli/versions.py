@@ -38,21 +38,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-IndexArg = Annotated[
-    str | None, typer.Argument(metavar="[INDEX]", help="Index (alias) name; default: --index / index.name.")
-]
 
-
-def _on_index(index_arg: str | None, common: CommonOptions, call: Callable[[Admin], T]) -> T:
-    """``call(admin)`` on the index the options name; errors become exit codes (see run).
-    INDEX and --index must agree when both are given."""
+def _on_index(common: CommonOptions, call: Callable[[Admin], T]) -> T:
+    """``call(admin)`` on the index the options name; errors become exit codes (see run)."""
 
     def action() -> T:
-        if index_arg and common.index and index_arg != common.index:
-            msg = f"INDEX {index_arg!r} and --index {common.index!r} disagree"
-            raise typer.BadParameter(msg, param_hint="INDEX")
-        settings = load_settings(replace(common, index=index_arg or common.index))
-        with _admin(settings) as admin:
+        with _admin(load_settings(common)) as admin:
             return call(admin)
 
     return run(action)
@@ -97,10 +88,9 @@ def _known_index(admin: Admin) -> None:
 
 
 @migrate_app.command("start")
-@takes("config", "state_dir", "index", "bootstrap")
+@takes("target", "config", "state_dir", "index", "bootstrap")
 def migrate_start(
     common: CommonOptions,
-    index_arg: IndexArg = None,
     new_model: Annotated[
         str | None,
         typer.Option("--model", metavar="MODEL", help="The new version's model (default: the live one's)."),
@@ -130,14 +120,13 @@ def migrate_start(
         spec = start(admin, StorageChoice(new_model, dims, datatype, quantization), reencode=reencode)
         return spec, next_steps(admin, spec)
 
-    print_created(*_on_index(index_arg, common, begin))
+    print_created(*_on_index(common, begin))
 
 
 @migrate_app.command("status")
-@takes("config", "state_dir", "index", "bootstrap")
+@takes("target", "config", "state_dir", "index", "bootstrap")
 def migrate_status(
     common: CommonOptions,
-    index_arg: IndexArg = None,
     evaluate: Annotated[
         bool,
         typer.Option(
@@ -152,7 +141,7 @@ def migrate_status(
     def rows_of(admin: Admin) -> list[dict[str, Any]]:
         return [_state_row(state) for state in states(admin, evaluate=evaluate)]
 
-    rows = _on_index(index_arg, common, rows_of)
+    rows = _on_index(common, rows_of)
     for row in rows:
         if row["eval"] is not None:
             warn_unjudged(f"v{row['version']}", row["eval"]["queries"], row["eval"]["skipped"])
@@ -182,10 +171,9 @@ def _state_row(state: VersionState) -> dict[str, Any]:
 
 
 @migrate_app.command("promote")
-@takes("config", "state_dir", "index", "bootstrap")
+@takes("target", "config", "state_dir", "index", "bootstrap")
 def migrate_promote(
     common: CommonOptions,
-    index_arg: IndexArg = None,
     version: Annotated[
         int | None, typer.Option("--version", min=1, help="Version to promote (default: newest not live).")
     ] = None,
@@ -196,15 +184,14 @@ def migrate_promote(
     """Move the alias to a version that caught up, holds every document and evaluates as well."""
     from pipeline.runtime.admin import promote_version
 
-    swap = _on_index(index_arg, common, lambda admin: promote_version(admin, version, force=force))
+    swap = _on_index(common, lambda admin: promote_version(admin, version, force=force))
     print_swap(swap, "promoted")
 
 
 @migrate_app.command("rollback")
-@takes("config", "state_dir", "index", "bootstrap")
+@takes("target", "config", "state_dir", "index", "bootstrap")
 def migrate_rollback(
     common: CommonOptions,
-    index_arg: IndexArg = None,
     to: Annotated[
         int | None, typer.Option("--to", min=1, help="Version (default: the one live before).")
     ] = None,
@@ -219,15 +206,14 @@ def migrate_rollback(
             raise ConfigError(f"index {admin.name!r} has no version {to} (versions: {shown})")
         return rollback_version(admin, to)
 
-    swap = _on_index(index_arg, common, roll_back)
+    swap = _on_index(common, roll_back)
     print_swap(swap, "rolled back to")
 
 
 @migrate_app.command("gc")
-@takes("config", "state_dir", "index", "bootstrap")
+@takes("target", "config", "state_dir", "index", "bootstrap")
 def migrate_gc(
     common: CommonOptions,
-    index_arg: IndexArg = None,
     abandon: Annotated[
         list[int] | None,
         typer.Option("--abandon", metavar="N", min=1, help="Also drop this never-live version."),
@@ -237,21 +223,20 @@ def migrate_gc(
     """Drop versions no alias points to, unaliased over index.gc_retention_hours ago."""
     from pipeline.runtime.admin import gc
 
-    choice = _on_index(index_arg, common, lambda admin: gc(admin, abandon or [], dry_run=dry_run))
+    choice = _on_index(common, lambda admin: gc(admin, abandon or [], dry_run=dry_run))
     print_gc(choice, dry_run=dry_run)
 
 
 @app.command("index-versions")
-@takes("config", "state_dir", "index", "bootstrap")
+@takes("target", "config", "state_dir", "index", "bootstrap")
 def index_versions(
     common: CommonOptions,
-    index_arg: IndexArg = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Every version of the index: role, model, dims, datatype, quantization, chunker."""
     from pipeline.runtime.admin import list_versions
 
-    rows = _on_index(index_arg, common, list_versions)
+    rows = _on_index(common, list_versions)
     if as_json:
         print_json(rows)
         return

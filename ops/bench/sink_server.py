@@ -41,7 +41,7 @@ from pipeline.config.settings import Settings  # noqa: E402
 from pipeline.core.events import VectorsEvent  # noqa: E402
 from pipeline.observability import NullObserver  # noqa: E402
 from pipeline.runtime import Runtime  # noqa: E402
-from pipeline.store import DOC_KEY, VERSION, VERSION_HI, VERSION_LO, with_version_parts  # noqa: E402
+from pipeline.store.payload import DOC_KEY, VERSION, VERSION_HI, VERSION_LO, with_version_parts  # noqa: E402
 
 Results = dict[str, float]
 

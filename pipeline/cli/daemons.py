@@ -6,17 +6,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from dataclasses import replace
 from typing import Annotated, Literal
 
 import typer
 
 from connectors.debezium import UNAVAILABLE_VALUE
 from pipeline.bus import Bus
-from pipeline.cli import sources
+from pipeline.cli import source_options, sources
 from pipeline.cli.app import app, load_settings, run, source_app, topics_app
 from pipeline.cli.options import (
     CommonOptions,
-    RescanOpt,
     positive_seconds,
     takes,
 )
@@ -82,42 +82,38 @@ def topics_create(
 
 @source_app.command("fs")
 @takes("config", "state_dir", "http", "bootstrap")
+@source_options.follows(every=2.0)
 def source_fs(
     common: CommonOptions,
-    path: sources.FolderArg,
-    interval: RescanOpt = 2.0,
-    source: sources.SourceNameOpt = "fs",
-    include: sources.IncludeOpt = None,
-    exclude: sources.ExcludeOpt = None,
-    rebind: sources.RebindOpt = False,
-    follow_symlinks: sources.FollowLinksOpt = False,
+    folder: source_options.Followed,
+    follow_symlinks: source_options.FollowLinksOpt = False,
 ) -> None:
     """Publish PATH's new, changed and deleted files to <prefix>.changes, forever."""
     settings = run(lambda: load_settings(common))
-    fs = sources.FsOptions(path, source, include, exclude, follow_symlinks, rebind)
+    fs = replace(folder.fs, follow_symlinks=follow_symlinks)
     src = run(lambda: sources.fs_source(fs, settings, settings.state_dir / "sources"))
-    _publish(settings, src, interval)
+    _publish(settings, src, folder.interval)
 
 
 @source_app.command("sql")
 @takes("config", "state_dir", "http", "bootstrap")
 def source_sql(
     common: CommonOptions,
-    url: sources.DaemonSqlUrlOpt,
-    table: sources.TableOpt = None,
-    query: sources.QueryOpt = None,
-    key: sources.KeyColumnOpt = "id",
-    version: sources.CursorOpt = None,
-    text: sources.TextOpt = None,
-    metadata: sources.MetadataOpt = None,
-    deleted_column: sources.DeletedColumnOpt = None,
-    lookback: sources.LookbackOpt = 60.0,
-    key_diff_every: sources.KeyDiffOpt = 300.0,
+    url: source_options.DaemonSqlUrlOpt,
+    table: source_options.TableOpt = None,
+    query: source_options.QueryOpt = None,
+    key: source_options.KeyColumnOpt = "id",
+    version: source_options.CursorOpt = None,
+    text: source_options.TextOpt = None,
+    metadata: source_options.MetadataOpt = None,
+    deleted_column: source_options.DeletedColumnOpt = None,
+    lookback: source_options.LookbackOpt = 60.0,
+    key_diff_every: source_options.KeyDiffOpt = 300.0,
     interval: Annotated[
         float, typer.Option(metavar="SECONDS", help="Seconds between polls.", callback=positive_seconds)
     ] = 2.0,
-    source: sources.ConnectorNameOpt = None,
-    rebind: sources.RebindOpt = False,
+    source: source_options.ConnectorNameOpt = None,
+    rebind: source_options.RebindOpt = False,
 ) -> None:
     """Publish a table's new, changed and deleted rows to <prefix>.changes, forever."""
     settings = run(lambda: load_settings(common))
@@ -134,21 +130,21 @@ def source_debezium(
     topic: Annotated[
         list[str], typer.Option("--topic", metavar="TOPIC", help="Debezium change topic (repeatable).")
     ],
-    text: sources.TextOpt = None,
+    text: source_options.TextOpt = None,
     key: Annotated[
         str | None,
         typer.Option(
             "--key", metavar="COLUMN", help="The primary key column (default: the record key, which is it)."
         ),
     ] = None,
-    metadata: sources.MetadataOpt = None,
-    deleted_column: sources.DeletedColumnOpt = None,
+    metadata: source_options.MetadataOpt = None,
+    deleted_column: source_options.DeletedColumnOpt = None,
     group: Annotated[
         str | None, typer.Option(metavar="GROUP", help="Consumer group (default <prefix>.debezium.NAME).")
     ] = None,
     interval: Annotated[float, typer.Option(metavar="SECONDS", help="Pause between passes.")] = 0.0,
-    source: sources.ConnectorNameOpt = None,
-    unavailable_value: sources.UnavailableValueOpt = UNAVAILABLE_VALUE,
+    source: source_options.ConnectorNameOpt = None,
+    unavailable_value: source_options.UnavailableValueOpt = UNAVAILABLE_VALUE,
 ) -> None:
     """Turn Debezium change topics into change events on <prefix>.changes, forever; offsets
     move only once the changes are published."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from prometheus_client import CollectorRegistry
 
-from pipeline.cli import sources
+from pipeline.cli import source_options, sources
 from pipeline.cli.app import app, load_settings, run
 from pipeline.cli.lookups import (
     dead_letters_reported_here,
@@ -26,7 +26,6 @@ from pipeline.cli.options import (
     CommonOptions,
     JsonOpt,
     MassDeleteOpt,
-    RescanOpt,
     parse_filters,
     takes,
 )
@@ -84,23 +83,23 @@ def index(
         Path | None,
         typer.Argument(help="Directory of documents (or --sql-url, --jsonl).", exists=True, file_okay=False),
     ] = None,
-    source: sources.ConnectorNameOpt = None,
-    include: sources.IncludeOpt = None,
-    exclude: sources.ExcludeOpt = None,
-    rebind: sources.RebindOpt = False,
+    source: source_options.ConnectorNameOpt = None,
+    include: source_options.IncludeOpt = None,
+    exclude: source_options.ExcludeOpt = None,
+    rebind: source_options.RebindOpt = False,
     allow_mass_delete: MassDeleteOpt = False,
-    follow_symlinks: sources.FollowLinksOpt = False,
-    sql_url: sources.SqlUrlOpt = None,
-    table: sources.TableOpt = None,
-    query: sources.QueryOpt = None,
-    key: sources.KeyColumnOpt = "id",
-    version: sources.CursorOpt = None,
-    lookback: sources.LookbackOpt = 60.0,
-    key_diff_every: sources.KeyDiffOpt = None,
-    text: sources.TextOpt = None,
-    metadata: sources.MetadataOpt = None,
-    deleted_column: sources.DeletedColumnOpt = None,
-    jsonl: sources.JsonlOpt = None,
+    follow_symlinks: source_options.FollowLinksOpt = False,
+    sql_url: source_options.SqlUrlOpt = None,
+    table: source_options.TableOpt = None,
+    query: source_options.QueryOpt = None,
+    key: source_options.KeyColumnOpt = "id",
+    version: source_options.CursorOpt = None,
+    lookback: source_options.LookbackOpt = 60.0,
+    key_diff_every: source_options.KeyDiffOpt = None,
+    text: source_options.TextOpt = None,
+    metadata: source_options.MetadataOpt = None,
+    deleted_column: source_options.DeletedColumnOpt = None,
+    jsonl: source_options.JsonlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Index PATH, a table (--sql-url) or change events (--jsonl) once; unchanged text is never re-encoded."""
@@ -115,7 +114,7 @@ def index(
         if sql_url
         else None
     )
-    fs = sources.FsOptions(path, source or "fs", include, exclude, follow_symlinks, rebind) if path else None
+    fs = sources.FsOptions(path, source or "fs", include, exclude, rebind, follow_symlinks) if path else None
     one = OnePass(fs, sql, jsonl, source, allow_mass_delete, progress=not as_json)
     summary, backfilled, invalid = run(lambda: _index_once(one, common))
     print_backfills(backfilled)
@@ -163,16 +162,12 @@ def _ready_for_small_runs(pipeline: EmbeddedPipeline) -> None:
 
 @app.command()
 @takes("config", "state_dir", "index", "model")
+@source_options.follows(every=1.0)
 def watch(
     common: CommonOptions,
-    path: sources.FolderArg,
-    interval: RescanOpt = 1.0,
-    source: sources.SourceNameOpt = "fs",
-    include: sources.IncludeOpt = None,
-    exclude: sources.ExcludeOpt = None,
-    rebind: sources.RebindOpt = False,
+    folder: source_options.Followed,
     allow_mass_delete: MassDeleteOpt = False,
-    follow_symlinks: sources.FollowLinksOpt = False,
+    follow_symlinks: source_options.FollowLinksOpt = False,
     http: Annotated[
         str | None,
         typer.Option(
@@ -181,9 +176,9 @@ def watch(
     ] = None,
 ) -> None:
     """Keep following PATH until Ctrl-C; answers `embedstream search` from other terminals."""
-    fs = sources.FsOptions(path, source, include, exclude, follow_symlinks, rebind)
+    fs = replace(folder.fs, follow_symlinks=follow_symlinks)
     with_http = replace(common, http=http)
-    run(lambda: _watch(fs, with_http, interval, allow_mass_delete=allow_mass_delete))
+    run(lambda: _watch(fs, with_http, folder.interval, allow_mass_delete=allow_mass_delete))
 
 
 def _watch(fs: sources.FsOptions, common: CommonOptions, interval: float, *, allow_mass_delete: bool) -> None:

@@ -27,46 +27,36 @@ def env_var(key: str) -> str:
     return ENV_PREFIX + key.upper().replace(".", "__")
 
 
+def _setting(key: str, *names: str, metavar: str | None = None, text: str) -> Any:
+    """An option for the setting ``key``, read from that setting's environment variable."""
+    return typer.Option(*names, metavar=metavar, help=text, envvar=env_var(key))
+
+
 ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", metavar="FILE", help="TOML settings file.", envvar=env_var("config")),
+    Path | None, _setting("config", "--config", "-c", metavar="FILE", text="TOML settings file.")
 ]
 StateOpt = Annotated[
     Path | None,
-    typer.Option(
-        metavar="DIR",
-        help="Where the embedded store, cache and checkpoints live.",
-        envvar=env_var("state_dir"),
-    ),
+    _setting("state_dir", metavar="DIR", text="Where the embedded store, cache and checkpoints live."),
 ]
 IndexOpt = Annotated[
-    str | None,
-    typer.Option("--index", metavar="NAME", help="Index (alias) name.", envvar=env_var("index.name")),
+    str | None, _setting("index.name", "--index", metavar="NAME", text="Index (alias) name.")
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option(
-        metavar="MODEL",
-        help="Model directory, or all-MiniLM-L6-v2 (bundled).",
-        envvar=env_var("model.name"),
-    ),
+    _setting("model.name", metavar="MODEL", text="Model directory, or all-MiniLM-L6-v2 (bundled)."),
 ]
 # metavar="" shows a flag as a flag (typer would print <bool>).
-JsonOpt = Annotated[
-    bool,
-    typer.Option("--json", metavar="", help="Print one JSON document for scripts.", envvar=env_var("json")),
-]
+JsonOpt = Annotated[bool, _setting("json", "--json", metavar="", text="Print one JSON document for scripts.")]
 HttpOpt = Annotated[
-    str | None,
-    typer.Option("--http", help="host:port for /metrics, /healthz, /readyz.", envvar=env_var("http.addr")),
+    str | None, _setting("http.addr", "--http", text="host:port for /metrics, /healthz, /readyz.")
 ]
 # Commands on one index take its name as an argument too: `migrate status docs`.
 IndexArg = Annotated[
     str | None, typer.Argument(metavar="[INDEX]", help="Index (alias) name; default: --index / index.name.")
 ]
 BootstrapOpt = Annotated[
-    str | None,
-    typer.Option("--bootstrap", help="Kafka bootstrap servers.", envvar=env_var("kafka.bootstrap")),
+    str | None, _setting("kafka.bootstrap", "--bootstrap", text="Kafka bootstrap servers.")
 ]
 
 MassDeleteOpt = Annotated[
@@ -132,29 +122,52 @@ def takes(*fields: str) -> Callable[[Command], Command]:
     unknown = set(fields) - set(_SHARED)
     if unknown:
         raise ValueError(f"no shared option {sorted(unknown)}")
-
-    def declare(command: Command) -> Command:
-        own = inspect.signature(command, eval_str=True)
-        shared = [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=declared)
-            for name, declared in (_SHARED[field] for field in fields)
-        ]
-        kept = [p for p in own.parameters.values() if p.name != "common"]
-        signature = own.replace(parameters=[*kept, *shared])
-
-        @functools.wraps(command)
-        def with_shared(*args: Any, **kwargs: Any) -> None:
-            values = {field: kwargs.pop(_SHARED[field][0]) for field in fields}
-            command(*args, common=CommonOptions(**values), **kwargs)
-
-        # typer reads the parameters from the signature and their types from the annotations.
-        vars(with_shared).update(
-            __signature__=signature,
-            __annotations__={p.name: p.annotation for p in signature.parameters.values()},
+    params = {field: _SHARED[field][0] for field in fields}
+    declared = [
+        inspect.Parameter(
+            params[field], inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_SHARED[field][1]
         )
-        return with_shared
+        for field in fields
+    ]
 
-    return declare
+    def common(given: dict[str, Any]) -> CommonOptions:
+        return CommonOptions(**{field: given[param] for field, param in params.items()})
+
+    return lambda command: expand(command, "common", declared, common, last=True)
+
+
+def expand(
+    command: Command,
+    name: str,
+    declared: list[inspect.Parameter],
+    gather: Callable[[dict[str, Any]], object],
+    *,
+    last: bool = False,
+) -> Command:
+    """``command`` with its parameter ``name`` declared as the parameters ``declared`` instead
+    (in its place, or after all others when ``last``); it receives ``gather`` of their values.
+
+    typer reads the parameters from the signature and calls the command with keywords only.
+    """
+    own = inspect.signature(command, eval_str=True)
+    kept: list[inspect.Parameter] = []
+    for param in own.parameters.values():
+        if param.name == name:
+            kept.extend([] if last else declared)
+        else:  # keyword-only: a declared one without default may follow one with a default
+            kept.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+    signature = own.replace(parameters=[*kept, *(declared if last else [])])
+
+    @functools.wraps(command)
+    def expanded(**given: Any) -> None:
+        values = {param.name: given.pop(param.name) for param in declared}
+        command(**given, **{name: gather(values)})
+
+    vars(expanded).update(
+        __signature__=signature,
+        __annotations__={p.name: p.annotation for p in signature.parameters.values()},
+    )
+    return expanded
 
 
 def shared_flags(state_dir: Path | None, index: str | None, model: str | None) -> list[Override]:

@@ -11,7 +11,8 @@ import typer
 from pipeline.cli.app import EXIT_FAILURE, app, load_settings, run
 from pipeline.cli.options import CommonOptions, JsonOpt, takes
 from pipeline.cli.render import out, print_json
-from pipeline.cli.sources import ExcludeOpt, FollowLinksOpt, FsOptions, IncludeOpt, SourceNameOpt, fs_source
+from pipeline.cli.source_options import ExcludeOpt, FollowLinksOpt, IncludeOpt, SourceNameOpt
+from pipeline.cli.sources import FsOptions, fs_source
 from pipeline.config.settings import Settings
 from pipeline.core.errors import ConfigError
 from pipeline.sources import Source, SourceBindings
@@ -47,7 +48,7 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Compare the index with its folders: documents, text digests, points, a sample of vectors."""
-    folders = FsOptions(path, source, include, exclude, follow_symlinks, False) if path else None
+    folders = FsOptions(path, source, include, exclude, follow_symlinks=follow_symlinks) if path else None
     before, after = run(lambda: _verify(folders, common, sample, repair=repair))
     final = after or before
     if as_json:
@@ -93,10 +94,7 @@ def _sources(folders: FsOptions | None, home: Path, settings: Settings) -> list[
     }
     if not roots:
         raise ConfigError(f"no folder is bound in {home}: give the folder to compare with (verify PATH)")
-    return [
-        fs_source(FsOptions(root, name, None, None, False, False), settings, home)
-        for name, root in roots.items()
-    ]
+    return [fs_source(FsOptions(root, name), settings, home) for name, root in roots.items()]
 
 
 def _print(found: Verification, when: str) -> None:

@@ -170,16 +170,23 @@ def _state_row(state: VersionState) -> dict[str, Any]:
     }
 
 
+PromotedOpt = Annotated[
+    int | None, typer.Option("--version", min=1, help="Version to promote (default: newest not live).")
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", metavar="", help="Promote even if a gate refuses (logged).")
+]
+RollbackToOpt = Annotated[
+    int | None, typer.Option("--to", min=1, help="Version (default: the one live before).")
+]
+
+
 @migrate_app.command("promote")
 @takes("target", "config", "state_dir", "index", "bootstrap")
 def migrate_promote(
     common: CommonOptions,
-    version: Annotated[
-        int | None, typer.Option("--version", min=1, help="Version to promote (default: newest not live).")
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", metavar="", help="Promote even if a gate refuses (logged).")
-    ] = False,
+    version: PromotedOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Move the alias to a version that caught up, holds every document and evaluates as well."""
     from pipeline.runtime.admin import promote_version
@@ -192,9 +199,7 @@ def migrate_promote(
 @takes("target", "config", "state_dir", "index", "bootstrap")
 def migrate_rollback(
     common: CommonOptions,
-    to: Annotated[
-        int | None, typer.Option("--to", min=1, help="Version (default: the one live before).")
-    ] = None,
+    to: RollbackToOpt = None,
 ) -> None:
     """Move the alias back to the version the live one replaced: one atomic call."""
     from pipeline.runtime.admin import list_versions, rollback_version

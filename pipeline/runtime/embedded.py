@@ -36,7 +36,8 @@ from pipeline.runtime.adapters import check_index_dims
 from pipeline.runtime.lanes import Lane, backfill_topic, build_lane
 from pipeline.runtime.models import effective_chunking
 from pipeline.sources import SourceBindings
-from pipeline.store import VERSION, VectorStore
+from pipeline.store import VectorStore
+from pipeline.store.payload import VERSION
 from pipeline.versions.doc_states import DocStates
 from pipeline.versions.search import SearchResult, search_documents
 from pipeline.versions.spec import IndexVersion, find_version, live_version, versions

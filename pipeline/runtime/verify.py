@@ -31,7 +31,7 @@ from pipeline.core.planner import chunk_point_ids
 from pipeline.runtime.embedded import EmbeddedPipeline
 from pipeline.runtime.local import IndexSummary, index_source
 from pipeline.sources import Change, Listable, PassReport, Source
-from pipeline.store import DOC_KEY, VERSION
+from pipeline.store.payload import DOC_KEY, VERSION
 from pipeline.versions.doc_states import DocStates
 from pipeline.versions.spec import IndexVersion, live_version
 

@@ -26,7 +26,8 @@ from pipeline.core.events import UNINDEXABLE, VectorsEvent
 from pipeline.core.faults import crash_point
 from pipeline.core.planner import DocState, Incoming, Outcome, Write, WritePlan, metadata_hash, plan_batch
 from pipeline.observability import Observer
-from pipeline.store import DOC_KEY, VERSION, PointWrite, Sweep, VectorStore
+from pipeline.store import PointWrite, Sweep, VectorStore
+from pipeline.store.payload import DOC_KEY, VERSION
 from pipeline.versions.doc_states import DocStates
 from pipeline.versions.spec import IndexVersion, create_version, ensure_alias, read_version
 

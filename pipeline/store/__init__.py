@@ -15,31 +15,6 @@ Scalar = str | int | bool
 Scrolled = tuple[str, dict[str, Any]]  # a point's id and payload
 SCROLL_PAGE = 1000  # points per scroll request
 
-#: Payload fields every point of an index carries: which document it belongs to, and the
-#: document version that wrote it. Guarded writes and sweeps are expressed over them.
-DOC_KEY = "doc_key"
-VERSION = "version"
-#: Qdrant compares payload numbers as float64, exact only below 2**53, while versions are
-#: up to 64-bit (mtime_ns, LSNs): adapters also store each version as two exact halves and
-#: compare those (see :func:`version_parts`).
-VERSION_HI = "version_hi"
-VERSION_LO = "version_lo"
-_LOW_BITS = 32
-
-
-def version_parts(version: int) -> tuple[int, int]:
-    """(high, low) 32-bit halves of a version: each is exact as a float64."""
-    return version >> _LOW_BITS, version & ((1 << _LOW_BITS) - 1)
-
-
-def with_version_parts(payload: dict[str, Any]) -> dict[str, Any]:
-    """``payload`` plus the halves of its version, for the adapters' exact comparisons."""
-    if VERSION not in payload:
-        return payload
-    high, low = version_parts(int(payload[VERSION]))
-    return {**payload, VERSION_HI: high, VERSION_LO: low}
-
-
 Datatype = Literal["float32", "float16", "uint8"]
 Quantization = Literal["none", "int8", "binary", "product"]
 

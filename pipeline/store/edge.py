@@ -19,11 +19,7 @@ import qdrant_edge as qe
 
 from pipeline.core.errors import ConfigError, StoreLocked, StoreRejected, StoreUnavailable
 from pipeline.store import (
-    DOC_KEY,
     SCROLL_PAGE,
-    VERSION,
-    VERSION_HI,
-    VERSION_LO,
     CollectionSpec,
     Hit,
     PointWrite,
@@ -32,9 +28,8 @@ from pipeline.store import (
     SearchOptions,
     Sweep,
     scroll_pages,
-    version_parts,
-    with_version_parts,
 )
+from pipeline.store.payload import DOC_KEY, VERSION, VERSION_HI, VERSION_LO, version_parts, with_version_parts
 
 #: New points after which flush() runs the optimizer (a few seconds of indexing at most).
 OPTIMIZE_EVERY = 20_000

@@ -10,7 +10,8 @@ from typing import Any
 from pipeline.core.events import split_key
 from pipeline.core.hashing import doc_state_id
 from pipeline.core.planner import DocState
-from pipeline.store import DOC_KEY, VERSION, PointWrite, VectorStore
+from pipeline.store import PointWrite, VectorStore
+from pipeline.store.payload import DOC_KEY, VERSION
 from pipeline.versions.spec import DOCS_VECTOR, IndexVersion
 
 __all__ = ["DocStates"]

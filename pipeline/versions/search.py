@@ -17,7 +17,8 @@ from typing import Any
 
 from pipeline.core.errors import ConfigError
 from pipeline.encoding import Encoder
-from pipeline.store import DOC_KEY, Hit, Scalar, SearchOptions, VectorStore
+from pipeline.store import Hit, Scalar, SearchOptions, VectorStore
+from pipeline.store.payload import DOC_KEY
 from pipeline.versions.doc_states import DocStates
 from pipeline.versions.spec import IndexVersion
 

@@ -27,14 +27,8 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.events import Matrix, normalize_rows
 from pipeline.core.faults import crash_point
 from pipeline.core.hashing import doc_state_id
-from pipeline.store import (
-    DOC_KEY,
-    CollectionSpec,
-    Datatype,
-    PointWrite,
-    Quantization,
-    VectorStore,
-)
+from pipeline.store import CollectionSpec, Datatype, PointWrite, Quantization, VectorStore
+from pipeline.store.payload import DOC_KEY
 
 _SPEC_KEY = "__spec__"
 _LIFECYCLE_KEY = "__lifecycle__"

@@ -35,11 +35,7 @@ from pipeline.core.errors import (
     StoreUnavailable,
 )
 from pipeline.store import (
-    DOC_KEY,
     SCROLL_PAGE,
-    VERSION,
-    VERSION_HI,
-    VERSION_LO,
     CollectionSpec,
     Datatype,
     Hit,
@@ -50,9 +46,8 @@ from pipeline.store import (
     SearchOptions,
     Sweep,
     scroll_pages,
-    version_parts,
-    with_version_parts,
 )
+from pipeline.store.payload import DOC_KEY, VERSION, VERSION_HI, VERSION_LO, version_parts, with_version_parts
 from pipeline.store.server.answers import Conflict, answer_error, answered_in_tls, refuse_clear_text_key
 from pipeline.store.server.requests import estimated_point_bytes, id_bytes, split_by_bytes
 

@@ -13,7 +13,7 @@ The cheapest setting (least model work) within 0.5 nDCG points of the best is ma
 is how the chunking default was chosen. Results are cached per setting in
 ``.cache/bench/chunking-<key>.json``; ``--fresh`` recomputes.
 
-    .venv/bin/python ops/bench/chunking.py --pages 100 --sizes 128,200,256 --overlaps 0,24
+    .venv/bin/python ops/bench/chunking.py --pages 600 --sizes 128,200,254 --overlaps 0,12,24
 
 Fill (merging small adjacent pieces up to the budget) is not swept: the chunker's
 content-defined boundaries (a boundary depends only on its own segment) are what keeps an
@@ -137,9 +137,9 @@ def table(results: list[dict[str, float]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pages", type=int, default=100)
-    parser.add_argument("--sizes", default="128,200,256")
-    parser.add_argument("--overlaps", default="0,24")
+    parser.add_argument("--pages", type=int, default=600)
+    parser.add_argument("--sizes", default="128,200,254", help="at most the model's window less 2 (254)")
+    parser.add_argument("--overlaps", default="0,12,24")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args()

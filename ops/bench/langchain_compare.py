@@ -20,6 +20,7 @@ ranked by their best chunk, nDCG@10 and MRR@10.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -44,6 +45,11 @@ from pipeline.encoding.transformer import SentenceTransformerEncoder  # noqa: E4
 from pipeline.runtime.embedded import EmbeddedPipeline  # noqa: E402
 from pipeline.runtime.local import index_source  # noqa: E402
 from pipeline.versions.evaluation import ChunkHit, evaluate, load_qrels, load_queries, rank_documents  # noqa: E402
+
+
+def installed() -> bool:
+    """Whether the optional ``[bench]`` extra (or its ``--target`` folder) is importable."""
+    return importlib.util.find_spec("langchain_classic") is not None
 
 
 def langchain_round(
@@ -92,11 +98,15 @@ def embedstream_round(
     return summary.seconds, ranked
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pages", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if not installed():
+        print("LangChain is not installed: pip install -e '.[bench]' (see this script's docstring)")
+        return 2
     corpus = ensure_corpus(REPO / ".cache" / "bench" / f"manpages-{args.pages}-s7", Params(args.pages, 7))
     work = Path(tempfile.mkdtemp(prefix="embedstream-lc-"))
     folder = work / "pages"
@@ -132,6 +142,7 @@ def main() -> int:
         f"\n{args.pages} manual pages, {size / 1000:.0f} KB, {len(queries)} queries; load {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
     base = statistics.median(seconds["langchain"])
+    figures: dict[str, dict[str, float]] = {}
     for side, label in (
         ("langchain", "LangChain index() + SQLRecordManager"),
         ("float32", "embedstream, float32"),
@@ -139,11 +150,39 @@ def main() -> int:
     ):
         report = evaluate(lambda text, s=side: ranked[s][text], queries, qrels, depth=10)
         took = statistics.median(seconds[side])
+        figures[side] = {
+            "seconds": took, "speed_vs_langchain": base / took, "ndcg_at_10": report.ndcg_at_10,
+            "mrr_at_10": report.mrr_at_10,
+        }  # fmt: skip
         print(
             f"  {label:<40} {took:6.1f} s  {size / took / 1000:6.1f} KB/s  x{base / took:.2f} of LangChain's speed"
             f"  nDCG@10 {report.ndcg_at_10:.4f}  MRR@10 {report.mrr_at_10:.4f}"
         )
+    for line in verdicts(figures, dtype):
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
     return 0
+
+
+def verdicts(figures: dict[str, dict[str, float]], dtype: str) -> list[str]:
+    """The issue-20 targets: speed per corpus byte against LangChain's, retrieval not lower."""
+    quality = figures["langchain"]["ndcg_at_10"]
+
+    def line(side: str, target: float, what: str) -> str:
+        speed, ndcg = figures[side]["speed_vs_langchain"], figures[side]["ndcg_at_10"]
+        met = "met" if speed >= target and ndcg >= quality else "NOT met"
+        return (
+            f"  {what}: x{speed:.2f} of LangChain's speed (target >= {target}), nDCG@10 {ndcg:.4f} vs "
+            f"{quality:.4f} (target: not lower): {met}"
+        )
+
+    lines = [line("float32", 1.0, "float32")]
+    if dtype == "bfloat16":
+        lines.append(line("auto", 1.4, "bf16 on this CPU"))
+    else:
+        lines.append(f"  bf16 target (>= 1.4x) not applicable: this CPU runs {dtype} (no AMX/AVX512-BF16)")
+    return lines
 
 
 if __name__ == "__main__":

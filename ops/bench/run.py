@@ -14,7 +14,10 @@
 4. sink-only throughput (ops/bench/sink_only.py): points/s with precomputed vectors, into
    the embedded engine, and (ops/bench/sink_server.py) into a real local Qdrant server beside
    that server's ceiling written directly with qdrant-client over REST and over gRPC;
-5. the Kafka path (ops/bench/kafka_path.py) with raw encode runs right before and after it.
+5. the Kafka path (ops/bench/kafka_path.py) with raw encode runs right before and after it;
+6. the quantization table on Debian manual pages (ops/bench/quantization.py);
+7. with the optional ``[bench]`` extra, the first index beside LangChain's ``index()`` on
+   manual pages, per corpus byte, with both retrieval scores (ops/bench/langchain_compare.py).
 
 The model is loaded once, before any timing, and shared by every in-process measurement.
 """
@@ -37,6 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import langchain_compare  # noqa: E402
 import quantization  # noqa: E402
 from corpus import edit, write_corpus  # noqa: E402
 from latency import noop_reindex, small_updates  # noqa: E402
@@ -72,6 +76,9 @@ def main() -> int:
     parser.add_argument("--no-quantization", action="store_true", help="skip the quantization table")
     parser.add_argument("--no-server", action="store_true", help="skip sink-only into a Qdrant server")
     parser.add_argument("--server-docs", type=int, default=2000, help="vectors events (10 points each)")
+    parser.add_argument("--no-langchain", action="store_true", help="skip LangChain's index() side by side")
+    parser.add_argument("--langchain-pages", type=int, default=100, help="manual pages, LangChain side by side")
+    parser.add_argument("--langchain-rounds", type=int, default=3, help="interleaved rounds, LangChain side by side")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="embedstream-bench-"))
@@ -111,9 +118,28 @@ def main() -> int:
         print(f"\nquantization on {args.pages} manual pages (storage vs quality retained):")
         print(format_comparison(reports))
         print(quantization.summary(reports))
+    if not args.no_langchain:
+        langchain_side_by_side(work, args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def langchain_side_by_side(work: Path, args: Any) -> None:
+    """First index against LangChain's ``index()`` (ops/bench/langchain_compare.py), in a fresh
+    process so its models and threads are its own; only with the optional ``[bench]`` extra."""
+    print(f"\nfirst index side by side with LangChain's index() on {args.langchain_pages} manual pages:")
+    if not langchain_compare.installed():
+        print("  skipped: the optional [bench] extra is not installed (pip install -e '.[bench]')")
+        return
+    import subprocess
+
+    script = Path(langchain_compare.__file__)
+    subprocess.run(
+        [sys.executable, str(script), "--pages", str(args.langchain_pages), "--rounds",
+         str(args.langchain_rounds), "--json", str(work / "langchain.json")],
+        check=True,
+    )  # fmt: skip
 
 
 def throughput(

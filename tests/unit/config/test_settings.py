@@ -56,8 +56,8 @@ def test_defaults() -> None:
     assert s.index.name == "docs"
     assert s.index.dims is None
     assert s.index.quantization == "int8"
-    assert s.chunking.max_tokens is None  # unset: the chunker picks 200 or what the model reads
-    assert s.chunking.overlap_tokens == 0
+    assert s.chunking.max_tokens is None  # unset: the chunker picks 254 or what the model reads
+    assert s.chunking.overlap_tokens == 24
     assert s.limits.max_doc_bytes == 2_000_000
     assert s.limits.max_chunks_per_doc == 300
     assert s.model.name == "all-MiniLM-L6-v2"
@@ -91,7 +91,7 @@ def test_toml_file_is_read(toml_file: Path) -> None:
     assert s.index.name == "tomlindex"
     assert s.index.quantization == "binary"
     assert s.chunking.max_tokens == 128
-    assert s.chunking.overlap_tokens == 0
+    assert s.chunking.overlap_tokens == 24
 
 
 def test_default_toml_in_working_directory_is_read(tmp_path: Path) -> None:

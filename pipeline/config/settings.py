@@ -75,10 +75,11 @@ class ModelSettings(BaseModel):
 
 class ChunkingSettings(BaseModel):
     max_tokens: int | None = Field(
-        None, ge=16, description="Chunk size in model tokens (unset: 254, or less if the model reads less)"
+        None, ge=16, description="Chunk size in model tokens (unset: 200, or less if the model reads less)"
     )
-    # 254/24 by measurement (issue 20): the least model work within 0.5 nDCG@10 points of the best
-    # setting on 600 Debian manual pages (ops/bench/chunking.py, README "Chunking defaults").
+    # 200/24 by measurement (issue 20): on 600 Debian manual pages the least model work within 0.5
+    # nDCG@10 points of the best that also retrieves as well as LangChain's index() (README,
+    # "Chunking defaults"; ops/bench/chunking.py, ops/bench/langchain_compare.py).
     overlap_tokens: int = Field(24, ge=0, description="Tokens repeated from the previous chunk")
 
 

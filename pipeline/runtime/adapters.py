@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from pipeline.bus.kafka import KafkaBus, KafkaTimeouts
     from pipeline.store.server import ServerStore
 
-#: all-MiniLM-L6-v2's whole window less [CLS] and [SEP]; chosen by ops/bench/chunking.py.
-DEFAULT_CHUNK_TOKENS = 254
+#: Chosen by ops/bench/chunking.py (README, "Chunking defaults").
+DEFAULT_CHUNK_TOKENS = 200
 
 
 def open_store(settings: Settings) -> VectorStore:

@@ -56,7 +56,7 @@ def test_defaults() -> None:
     assert s.index.name == "docs"
     assert s.index.dims is None
     assert s.index.quantization == "int8"
-    assert s.chunking.max_tokens is None  # unset: the chunker picks 254 or what the model reads
+    assert s.chunking.max_tokens is None  # unset: the chunker picks 200 or what the model reads
     assert s.chunking.overlap_tokens == 24
     assert s.limits.max_doc_bytes == 2_000_000
     assert s.limits.max_chunks_per_doc == 300

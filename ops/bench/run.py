@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -138,8 +139,6 @@ def langchain_side_by_side(work: Path, args: Any) -> None:
     if not langchain_compare.installed():
         print("  skipped: the optional [bench] extra is not installed (pip install -e '.[bench]')")
         return
-    import subprocess
-
     script = Path(langchain_compare.__file__)
     subprocess.run(
         [sys.executable, str(script), "--pages", str(args.langchain_pages), "--rounds",

@@ -123,17 +123,18 @@ def takes(*fields: str) -> Callable[[Command], Command]:
     if unknown:
         raise ValueError(f"no shared option {sorted(unknown)}")
     params = {field: _SHARED[field][0] for field in fields}
-    declared = [
-        inspect.Parameter(
-            params[field], inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_SHARED[field][1]
-        )
-        for field in fields
-    ]
+    declared = [parameter(params[field], _SHARED[field][1], None) for field in fields]
 
     def common(given: dict[str, Any]) -> CommonOptions:
         return CommonOptions(**{field: given[param] for field, param in params.items()})
 
     return lambda command: expand(command, "common", declared, common, last=True)
+
+
+def parameter(name: str, declared: Any, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+    """A command parameter ``name`` declared as ``declared`` (an ``Annotated`` option or argument),
+    for :func:`expand`."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=declared)
 
 
 def expand(

@@ -7,7 +7,6 @@ values. :func:`follows` gives a command the options of a folder it follows as on
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli.options import Command, RescanOpt, expand
+from pipeline.cli.options import Command, RescanOpt, expand, parameter
 from pipeline.cli.sources import FsOptions
 
 _SQL = "SQL table (instead of PATH)"
@@ -179,9 +178,6 @@ JsonlOpt = Annotated[
 ]
 
 
-_KW = inspect.Parameter.KEYWORD_ONLY
-
-
 @dataclass(frozen=True)
 class Followed:
     """A folder a command follows, and the pause between two passes over it."""
@@ -195,12 +191,12 @@ def follows(every: float) -> Callable[[Command], Command]:
     (default ``every`` seconds), --source, --include, --exclude and --rebind (--follow-symlinks
     stays the command's own: watch lists it after --allow-mass-delete)."""
     declared = [
-        inspect.Parameter("path", _KW, annotation=FolderArg),
-        inspect.Parameter("interval", _KW, default=every, annotation=RescanOpt),
-        inspect.Parameter("source", _KW, default="fs", annotation=SourceNameOpt),
-        inspect.Parameter("include", _KW, default=None, annotation=IncludeOpt),
-        inspect.Parameter("exclude", _KW, default=None, annotation=ExcludeOpt),
-        inspect.Parameter("rebind", _KW, default=False, annotation=RebindOpt),
+        parameter("path", FolderArg),
+        parameter("interval", RescanOpt, every),
+        parameter("source", SourceNameOpt, "fs"),
+        parameter("include", IncludeOpt, None),
+        parameter("exclude", ExcludeOpt, None),
+        parameter("rebind", RebindOpt, False),
     ]
     return lambda command: expand(command, "folder", declared, _followed)
 

@@ -75,10 +75,8 @@ SNAPSHOT_SPEC = "snapshot.spec"  # the spec the snapshot in progress reads under
 RECONCILE_AT = "reconcile.at"
 
 
-class DatabaseUnavailable(RetryableError):
+class DatabaseUnavailable(RetryableError, reason="source_unavailable"):
     """The database did not answer (down, restarting, network): retried, never a config error."""
-
-    reason = "source_unavailable"
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,9 @@ _BINLOG_NUMBER = re.compile(r"\.(\d+)$")
 _MAX_VERSION = 2**63
 
 
-class UnavailableValue(InvalidEvent):
+class UnavailableValue(InvalidEvent, reason="unavailable_value"):
     """An update without the value of a column the document is made of (a TOASTed column
     and the default replica identity), for a document whose text is not known here."""
-
-    reason = "unavailable_value"
 
 
 @dataclass(frozen=True)

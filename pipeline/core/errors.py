@@ -32,13 +32,25 @@ from typing import ClassVar
 
 
 class EmbedstreamError(Exception):
-    """Root of every error embedstream raises on purpose."""
+    """Root of every error embedstream raises on purpose.
+
+    A subclass names its ``reason`` on its class line (``class X(Parent, reason="x")``):
+    the label that metrics, logs and dead-letter headers carry, kept stable when a class is
+    renamed. Without one it shares its parent's label; ``retryable`` is inherited likewise.
+    """
 
     retryable: ClassVar[bool] = False
     reason: ClassVar[str] = "error"
 
+    def __init_subclass__(cls, *, reason: str | None = None, retryable: bool | None = None) -> None:
+        super().__init_subclass__()
+        if reason is not None:
+            cls.reason = reason
+        if retryable is not None:
+            cls.retryable = retryable
 
-class CommitLost(EmbedstreamError):
+
+class CommitLost(EmbedstreamError, reason="commit_lost"):
     """The batch was processed, but its partitions moved to another worker before the commit.
 
     The group rebalanced (this worker was too slow or was evicted), so the offsets can no
@@ -47,61 +59,41 @@ class CommitLost(EmbedstreamError):
     worker logs it and carries on instead of retrying (the commit can never succeed).
     """
 
-    retryable = False
-    reason = "commit_lost"
 
-
-class Refused(EmbedstreamError):
+class Refused(EmbedstreamError, reason="refused"):
     """A safety check refused an operation the user can still ask for explicitly."""
 
-    reason = "refused"
 
-
-class RetryableError(EmbedstreamError):
+class RetryableError(EmbedstreamError, reason="transient", retryable=True):
     """A transient fault: the same call may succeed later."""
 
-    retryable = True
-    reason = "transient"
 
-
-class BusUnavailable(RetryableError):
+class BusUnavailable(RetryableError, reason="bus_unavailable"):
     """The broker is down, or a produce or commit timed out."""
 
-    reason = "bus_unavailable"
 
-
-class StoreUnavailable(RetryableError):
+class StoreUnavailable(RetryableError, reason="store_unavailable"):
     """Qdrant is down or timing out."""
 
-    reason = "store_unavailable"
 
-
-class PoisonError(EmbedstreamError):
+class PoisonError(EmbedstreamError, reason="poison"):
     """This event can never be processed; it belongs in the dead-letter queue."""
 
-    reason = "poison"
 
-
-class InvalidEvent(PoisonError):
+class InvalidEvent(PoisonError, reason="invalid_event"):
     """Bad JSON, a schema violation or an unknown ``schema_version``."""
 
-    reason = "invalid_event"
 
-
-class DocumentTooLarge(PoisonError):
+class DocumentTooLarge(PoisonError, reason="too_large"):
     """Text over ``limits.max_doc_bytes``, or more chunks than ``limits.max_chunks_per_doc``."""
 
-    reason = "too_large"
 
-
-class MessageTooLarge(PoisonError):
+class MessageTooLarge(PoisonError, reason="too_large"):
     """A message over the producer's ``max_request_size`` or the topic's ``max.message.bytes``.
 
     ``key`` and ``size`` say which message of a batch it was, so the caller can dead-letter
     the event that produced it and send the rest again.
     """
-
-    reason = "too_large"
 
     def __init__(self, message: str, *, key: str | None = None, size: int | None = None) -> None:
         super().__init__(message)
@@ -109,69 +101,51 @@ class MessageTooLarge(PoisonError):
         self.size = size
 
 
-class EmptyDocument(PoisonError):
+class EmptyDocument(PoisonError, reason="empty_text"):
     """Nothing is left of the text after normalization."""
 
-    reason = "empty_text"
 
-
-class InvalidVectors(PoisonError):
+class InvalidVectors(PoisonError, reason="invalid_vectors"):
     """NaN or infinite values, or a wrong dimension, from the encoder."""
 
-    reason = "invalid_vectors"
 
-
-class ForeignModel(InvalidVectors):
+class ForeignModel(InvalidVectors, reason="foreign_model"):
     """Vectors of another model than the index version's: an embed worker runs the wrong
     model. Dead-lettered (replayable once fixed), and the sink reports it on /readyz."""
-
-    reason = "foreign_model"
 
     def __init__(self, message: str, *, fingerprint: str) -> None:
         super().__init__(message)
         self.fingerprint = fingerprint
 
 
-class StoreRejected(PoisonError):
+class StoreRejected(PoisonError, reason="store_rejected"):
     """The store answered that this write can never succeed (validation error, 4xx)."""
 
-    reason = "store_rejected"
 
-
-class FatalError(EmbedstreamError):
+class FatalError(EmbedstreamError, reason="fatal"):
     """The process cannot continue; the message tells the operator what to do."""
 
-    reason = "fatal"
 
-
-class ConfigError(FatalError):
+class ConfigError(FatalError, reason="config"):
     """One or more configuration problems; ``problems`` holds one line each, so a user
     who got three things wrong hears about all three at once."""
-
-    reason = "config"
 
     def __init__(self, *problems: str) -> None:
         super().__init__("\n".join(problems))
         self.problems: tuple[str, ...] = problems
 
 
-class StoreLocked(FatalError):
+class StoreLocked(FatalError, reason="store_locked"):
     """Another process owns the embedded store (its WAL lock is held)."""
 
-    reason = "store_locked"
 
-
-class AuthenticationFailed(FatalError):
+class AuthenticationFailed(FatalError, reason="auth_failed"):
     """A server refused our credentials, or we refused its certificate.
 
     Retrying cannot fix a wrong password, an untrusted CA or a certificate for another
     host name, so the process stops with the reason; the message never holds a secret.
     """
 
-    reason = "auth_failed"
 
-
-class ModelNotAvailable(FatalError):
+class ModelNotAvailable(FatalError, reason="model_not_available"):
     """The model is not on this machine, and nothing is downloaded at run time."""
-
-    reason = "model_not_available"
